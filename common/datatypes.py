@@ -30,9 +30,7 @@ NUMPY_BY_DATATYPE: dict[str, np.dtype] = {
 BYTES = "BYTES"
 DATATYPES = frozenset([*NUMPY_BY_DATATYPE, BYTES])
 
-_DATATYPE_BY_NUMPY: dict[np.dtype, str] = {
-    dtype: name for name, dtype in NUMPY_BY_DATATYPE.items() if name != "BF16"
-}
+_DATATYPE_BY_NUMPY: dict[np.dtype, str] = {dtype: name for name, dtype in NUMPY_BY_DATATYPE.items() if name != "BF16"}
 
 _LENGTH_PREFIX = struct.Struct("<I")
 

@@ -80,8 +80,7 @@ class InternalError(TandemError):
 
 
 _BY_CODE: dict[str, type[TandemError]] = {
-    cls.code: cls
-    for cls in (BadRequest, NotFound, Overloaded, ModelUnavailable, DeadlineExceeded, InternalError)
+    cls.code: cls for cls in (BadRequest, NotFound, Overloaded, ModelUnavailable, DeadlineExceeded, InternalError)
 }
 
 STATUS_OK = "ok"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -32,8 +32,8 @@ import numpy as np
 from tandem.common.datatypes import (
     BYTES,
     DATATYPES,
-    decode_bytes_elements,
     datatype_of,
+    decode_bytes_elements,
     element_count,
     encode_bytes_elements,
     numpy_dtype,
@@ -53,7 +53,7 @@ MAX_TENSORS = 64
 MAX_RANK = 8
 DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
 
-Buffer = Union[bytes, bytearray, memoryview, Any]  # Any: zmq.Frame, which exports the buffer protocol
+Buffer = bytes | bytearray | memoryview | Any  # Any: zmq.Frame, which exports the buffer protocol
 
 
 @dataclass(slots=True)
@@ -136,7 +136,7 @@ class Cancel:
     request_id: str
 
 
-Message = Union[InferRequest, Reply, Ping, Pong, Cancel]
+Message = InferRequest | Reply | Ping | Pong | Cancel
 
 
 def _specs(tensors: list[Tensor]) -> list[list[Any]]:
@@ -200,16 +200,14 @@ def _field(header: dict[Any, Any], key: str, types: type | tuple[type, ...], *, 
     return value
 
 
-def _decode_tensors(
-    header: dict[Any, Any], frames: Sequence[Buffer], max_tensor_bytes: int
-) -> list[Tensor]:
+def _decode_tensors(header: dict[Any, Any], frames: Sequence[Buffer], max_tensor_bytes: int) -> list[Tensor]:
     specs = _field(header, "t", list)
     if len(specs) > MAX_TENSORS:
         raise WireError(f"message carries {len(specs)} tensors; at most {MAX_TENSORS} are allowed")
     if len(specs) != len(frames):
         raise WireError(f"header describes {len(specs)} tensors but {len(frames)} data frames follow")
     tensors: list[Tensor] = []
-    for spec, frame in zip(specs, frames):
+    for spec, frame in zip(specs, frames, strict=True):
         if not (isinstance(spec, list) and len(spec) == 3):
             raise WireError("tensor spec must be [name, datatype, shape]")
         name, datatype, shape = spec

@@ -1,1 +1,3 @@
-"""Tandem."""
+"""Tandem: model serving for PyTorch behind a REST API."""
+
+__version__ = "0.1.0"

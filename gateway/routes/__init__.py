@@ -1,1 +1,1 @@
-"""Tandem."""
+"""HTTP routes: thin adapters from REST shapes to the gateway's data plane."""

@@ -1,0 +1,66 @@
+"""The one place where errors become HTTP answers: ``{"error": message}`` with the error's status.
+
+Routes raise ``TandemError`` subclasses and hold no try/except; client errors return their message, server
+errors a generic one, with the detail logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from tandem.common.errors import Overloaded, TandemError
+from tandem.gateway.pending import WorkerLost
+
+log = logging.getLogger("tandem.gateway")
+
+RETRY_AFTER_S = "1"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error body as the V2 protocol wants it."""
+    return Response(
+        orjson.dumps({"error": message}), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _tandem_error(request: Request, exc: TandemError) -> Response:
+    if exc.http_status >= 500 and not exc.expose:
+        log.error("request %s %s failed: %s", request.method, request.url.path, exc.message)
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (Overloaded, WorkerLost)) else None
+    return error_response(exc.http_status, exc.public_message(), headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return error_response(400, _describe_validation(exc))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error a route can raise to its HTTP answer."""
+    # Each handler is registered for exactly the type it annotates.
+    app.add_exception_handler(TandemError, _tandem_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,27 @@
+"""Running the gateway under uvicorn (``tandem gateway``)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from tandem.common.settings import GatewaySettings
+from tandem.gateway.app import create_app
+
+
+def app_from_environment() -> FastAPI:
+    """App factory for uvicorn's multi-process mode, where each process reads ``TANDEM_*`` itself."""
+    return create_app(GatewaySettings())
+
+
+def run(settings: GatewaySettings) -> None:
+    """Serve until SIGINT/SIGTERM; several processes share the port when ``settings.processes`` > 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "warning"}
+    if settings.processes > 1:
+        # Child processes rebuild the settings from the environment, which the CLI has filled.
+        uvicorn.run("tandem.gateway.server:app_from_environment", factory=True, workers=settings.processes, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)

@@ -1,0 +1,145 @@
+"""The gateway's WorkerPool against scripted workers on real ZeroMQ sockets (no model, no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from tandem.common import wire
+from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound
+from tandem.gateway.deadlines import Deadline
+from tandem.gateway.worker_client import WorkerPool
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+MODEL = {"name": "m", "version": "1", "aliases": ["champion"], "platform": "pytorch", "inputs": [], "outputs": []}
+
+
+class ScriptedWorker:
+    """A ROUTER that answers pings and handles infers with ``behaviour`` (echo by default)."""
+
+    def __init__(self, behaviour: str = "echo") -> None:
+        self.context = zmq.asyncio.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.behaviour = behaviour
+        self.received: list[wire.Message] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        while True:
+            identity, *frames = await self.socket.recv_multipart()
+            message = wire.decode(frames)
+            self.received.append(message)
+            if isinstance(message, wire.Ping):
+                pong = wire.Pong(message.seq, "scripted", True, 0, 0, [MODEL])
+                await self.socket.send_multipart([identity, *wire.encode(pong)])
+            elif isinstance(message, wire.InferRequest) and self.behaviour == "echo":
+                reply = wire.Reply(message.request_id, "ok", message.model, "1", message.inputs)
+                await self.socket.send_multipart([identity, *wire.encode(reply)])
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.serve())
+
+    async def kill(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.socket.close(linger=0)
+
+
+@contextlib.asynccontextmanager
+async def pool_of(*workers: ScriptedWorker) -> AsyncIterator[WorkerPool]:
+    pool = WorkerPool([w.endpoint for w in workers], ping_interval_s=0.05, silence_s=0.5)
+    await pool.start()
+    try:
+        assert await pool.wait_ready(5.0)
+        yield pool
+    finally:
+        await pool.close()
+        for worker in workers:
+            await worker.kill()
+
+
+def request(model: str = "m", version: str | None = None) -> wire.InferRequest:
+    x = wire.Tensor.from_numpy("x", np.arange(4, dtype=np.float32))
+    return wire.InferRequest("", model, version, 0.0, [x])
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def started(*behaviours: str) -> list[ScriptedWorker]:
+    workers = [ScriptedWorker(b) for b in behaviours]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+async def test_a_request_is_answered_by_a_live_worker() -> None:
+    async with pool_of(*started("echo")) as pool:
+        reply = await pool.infer(request(), Deadline(2000))
+        assert reply.ok and reply.version == "1"
+        np.testing.assert_array_equal(reply.outputs[0].to_numpy(), np.arange(4, dtype=np.float32))
+        assert pool.models()["m"]["1"]["aliases"] == ["champion"]
+
+
+async def test_unknown_model_and_version_are_not_found() -> None:
+    async with pool_of(*started("echo")) as pool:
+        with pytest.raises(NotFound, match="'other'"):
+            await pool.infer(request("other"), Deadline(2000))
+        with pytest.raises(NotFound, match="'7'"):
+            await pool.infer(request(version="7"), Deadline(2000))
+
+
+async def test_a_silent_worker_costs_the_deadline_and_gets_a_cancel() -> None:
+    worker = started("silent")[0]
+    async with pool_of(worker) as pool:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.infer(request(), Deadline(200))
+        assert loop.time() - began < 1.0
+        await wait_for(lambda: any(isinstance(m, wire.Cancel) for m in worker.received))
+
+
+async def test_a_dead_worker_fails_over_to_the_other_one() -> None:
+    silent, echo = started("silent", "echo")
+    async with pool_of(silent, echo) as pool:
+        await wait_for(lambda: all(link.alive for link in pool.links))
+        # Pin the first attempt to the silent worker by loading the echo one, then kill the silent one.
+        outstanding = [asyncio.create_task(pool.infer(request(), Deadline(5000))) for _ in range(4)]
+        await wait_for(lambda: sum(isinstance(m, wire.InferRequest) for m in silent.received) > 0)
+        await silent.kill()
+        replies = await asyncio.gather(*outstanding)
+        assert all(r.ok for r in replies)
+
+
+async def test_no_live_worker_is_model_unavailable_at_once() -> None:
+    worker = started("echo")[0]
+    async with pool_of(worker) as pool:
+        await worker.kill()
+        await wait_for(lambda: not pool.ready)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(ModelUnavailable):
+            await pool.infer(request(), Deadline(2000))
+        assert loop.time() - began < 0.5
