@@ -66,14 +66,18 @@ class Tensor:
     data: Buffer
 
     @classmethod
-    def from_numpy(cls, name: str, array: np.ndarray) -> Tensor:
-        """Wrap an array without copying when it is already C-contiguous and little-endian."""
-        datatype = datatype_of(array.dtype)
+    def from_numpy(cls, name: str, array: np.ndarray, datatype: str | None = None) -> Tensor:
+        """Wrap an array without copying when it is already C-contiguous and little-endian.
+
+        ``datatype`` overrides the one inferred from the dtype: BF16 is held in numpy as ``uint16`` words.
+        """
+        datatype = datatype or datatype_of(array.dtype)
         if datatype == BYTES:
             items = [x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1).tolist()]
             return cls(name, BYTES, tuple(array.shape), encode_bytes_elements(items))
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        return cls(name, datatype, tuple(array.shape), memoryview(array).cast("B"))
+        # A byte view rather than memoryview.cast, which refuses arrays with a zero-length dimension.
+        return cls(name, datatype, tuple(array.shape), memoryview(array.reshape(-1).view(np.uint8)))
 
     def to_numpy(self) -> np.ndarray:
         """A read-only array over ``data`` (BYTES: an object array of ``bytes``)."""
@@ -237,6 +241,18 @@ def _decode_tensors(header: dict[Any, Any], frames: Sequence[Buffer], max_tensor
                 )
         tensors.append(Tensor(name, datatype, tuple(shape), data))
     return tensors
+
+
+def peek_request_id(frames: Sequence[Buffer]) -> str:
+    """Best effort: the request id in the header of a message that failed to decode, else ``""``."""
+    if not frames or memoryview(frames[0]).nbytes > MAX_HEADER_BYTES:
+        return ""
+    try:
+        header = msgpack.unpackb(frames[0], raw=False)
+    except Exception:  # msgpack raises several unrelated types for bad input
+        return ""
+    request_id = header.get("id") if isinstance(header, dict) else None
+    return request_id if isinstance(request_id, str) else ""
 
 
 def decode(frames: Sequence[Buffer], *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Message:

@@ -12,8 +12,8 @@ import zmq
 
 from tandem.common import wire
 from tandem.common.features import NUM_FEATURES
-
-from .conftest import Stack, ping_worker
+from tests.support.stack import Stack
+from tests.support.workers import ping
 
 
 def _ranker_in_process(registry_uri: str, version: str):
@@ -100,7 +100,7 @@ def test_tritonclient_with_its_defaults(shared_stack: Stack) -> None:
 async def _many_concurrent(url: str, count: int) -> list[tuple[np.ndarray, httpx.Response]]:
     limits = httpx.Limits(max_connections=count)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        inputs = [np.full((1 + i % 3, 16), float(i), np.float32) for i in range(count)]
+        inputs = [np.full((1 + i % 3, 4), float(i), np.float32) for i in range(count)]
 
         async def one(x: np.ndarray) -> tuple[np.ndarray, httpx.Response]:
             body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
@@ -114,7 +114,7 @@ async def _many_concurrent(url: str, count: int) -> list[tuple[np.ndarray, httpx
 def _sleeper_stats(stack: Stack) -> list[dict]:
     stats = []
     for endpoint in stack.workers:
-        pong = ping_worker(endpoint)
+        pong = ping(endpoint)
         assert pong is not None
         stats += [m["stats"] for m in pong.models if m["name"] == "sleeper"]
     return stats
@@ -199,7 +199,7 @@ def test_garbage_frames_to_a_worker_get_bad_request_and_it_keeps_serving(shared_
             assert isinstance(reply, wire.Reply) and reply.status == "bad_request"
     finally:
         sock.close()
-    assert ping_worker(endpoint) is not None
+    assert ping(endpoint) is not None
     test_v2_infer_matches_the_registered_model_in_process(shared_stack)
 
 

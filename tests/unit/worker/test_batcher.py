@@ -1,0 +1,218 @@
+"""The batching contract of ``tandem.worker.batcher``, driven by a fake clock (no sockets, no threads)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tandem.worker.batcher import Batcher
+
+A = ("a", "1")
+B = ("b", "1")
+FAR = 1e9  # a deadline that never passes in these tests
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(max_batch_size: int = 8, max_queue_rows: int = 64) -> tuple[Batcher[str], FakeClock]:
+    clock = FakeClock()
+    return Batcher(max_batch_size, max_queue_rows, clock), clock
+
+
+def offer(batcher: Batcher[str], item: str, rows: int = 1, key: tuple[str, str] = A, deadline: float = FAR) -> None:
+    assert batcher.offer(key, item, rows=rows, deadline=deadline, token=item)
+
+
+def test_lone_request_is_taken_at_once() -> None:
+    batcher, _ = make()
+    offer(batcher, "r1")
+
+    async def scenario() -> None:
+        await asyncio.wait_for(batcher.wait(), timeout=1)  # no wait window: returns at once
+
+    asyncio.run(scenario())
+    batch = batcher.take()
+    assert batch is not None
+    assert (batch.key, batch.items, batch.rows, batch.expired) == (A, ["r1"], 1, [])
+    assert batcher.take() is None
+    assert batcher.queued_rows == 0
+    assert len(batcher) == 0
+
+
+def test_wait_parks_until_an_arrival_wakes_it() -> None:
+    batcher, _ = make()
+
+    async def scenario() -> None:
+        waiter = asyncio.create_task(batcher.wait())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        offer(batcher, "r1")
+        await asyncio.wait_for(waiter, timeout=1)
+
+    asyncio.run(scenario())
+
+
+def test_arrivals_during_a_batch_form_the_next_batch() -> None:
+    batcher, _ = make()
+    offer(batcher, "r1")
+    first = batcher.take()
+    assert first is not None
+    assert first.items == ["r1"]
+    # r1 is computing; these arrive meanwhile.
+    for item in ("r2", "r3", "r4"):
+        offer(batcher, item, rows=2)
+    second = batcher.take()
+    assert second is not None
+    assert (second.items, second.rows) == (["r2", "r3", "r4"], 6)
+
+
+def test_batch_respects_max_batch_size_in_arrival_order() -> None:
+    batcher, _ = make(max_batch_size=4)
+    offer(batcher, "three", rows=3)
+    offer(batcher, "two", rows=2)
+    offer(batcher, "one", rows=1)
+    batches = []
+    while (batch := batcher.take()) is not None:
+        batches.append((batch.items, batch.rows))
+    # "one" would fit beside "three", but a batch never skips a request to fit a later one.
+    assert batches == [(["three"], 3), (["two", "one"], 3)]
+
+
+def test_full_batches_of_single_rows() -> None:
+    batcher, _ = make(max_batch_size=4)
+    for index in range(10):
+        offer(batcher, f"r{index}")
+    sizes = []
+    while (batch := batcher.take()) is not None:
+        sizes.append(batch.rows)
+    assert sizes == [4, 4, 2]
+
+
+def test_oversize_request_runs_alone_and_unsplit() -> None:
+    batcher, _ = make(max_batch_size=4, max_queue_rows=64)
+    offer(batcher, "small", rows=1)
+    offer(batcher, "huge", rows=10)
+    offer(batcher, "after", rows=1)
+    batches = []
+    while (batch := batcher.take()) is not None:
+        batches.append((batch.items, batch.rows))
+    assert batches == [(["small"], 1), (["huge"], 10), (["after"], 1)]
+
+
+def test_expired_requests_are_split_off_without_computing() -> None:
+    batcher, clock = make()
+    offer(batcher, "late", deadline=clock.now + 1)
+    offer(batcher, "exact", deadline=clock.now + 2)
+    offer(batcher, "fine", deadline=clock.now + 5)
+    clock.now += 2
+    batch = batcher.take()
+    assert batch is not None
+    assert batch.items == ["fine"]
+    assert batch.expired == ["late", "exact"]  # a deadline equal to now has passed
+    assert batcher.queued_rows == 0
+    assert len(batcher) == 0
+
+
+def test_a_batch_may_hold_only_expired_requests() -> None:
+    batcher, clock = make()
+    offer(batcher, "late", deadline=clock.now)
+    batch = batcher.take()
+    assert batch is not None
+    assert (batch.items, batch.expired) == ([], ["late"])
+
+
+def test_queue_is_bounded_by_rows() -> None:
+    batcher, _ = make(max_batch_size=8, max_queue_rows=4)
+    assert batcher.offer(A, "r1", rows=3, deadline=FAR)
+    assert not batcher.offer(A, "r2", rows=2, deadline=FAR)
+    assert not batcher.offer(B, "r3", rows=2, deadline=FAR)  # the bound is shared by all models
+    assert batcher.offer(B, "r4", rows=1, deadline=FAR)
+    assert batcher.queued_rows == 4
+    assert batcher.take() is not None  # frees r1's rows
+    assert batcher.offer(A, "r5", rows=3, deadline=FAR)
+
+
+def test_models_are_batched_separately() -> None:
+    batcher, _ = make()
+    offer(batcher, "a1", key=A)
+    offer(batcher, "b1", key=B)
+    offer(batcher, "a2", key=A)
+    first, second = batcher.take(), batcher.take()
+    assert first is not None
+    assert second is not None
+    assert (first.key, first.items) == (A, ["a1", "a2"])
+    assert (second.key, second.items) == (B, ["b1"])
+    assert batcher.take() is None
+
+
+def test_oldest_head_goes_first_across_models() -> None:
+    batcher, _ = make(max_batch_size=2)
+    for index in range(5):
+        offer(batcher, f"a{index}", key=A)
+    offer(batcher, "b0", key=B)
+    order = []
+    while (batch := batcher.take()) is not None:
+        order.append(batch.items)
+        if batch.items == ["a0", "a1"]:
+            offer(batcher, "a-late", key=A)  # arrives after b0, rides along with a4, which is older than b0
+    assert order == [["a0", "a1"], ["a2", "a3"], ["a4", "a-late"], ["b0"]]
+
+
+def test_a_busy_model_does_not_starve_another() -> None:
+    batcher, _ = make(max_batch_size=4)
+    offer(batcher, "a0", key=A)
+    offer(batcher, "b0", key=B)
+    served = []
+    for round_ in range(3):
+        batch = batcher.take()
+        assert batch is not None
+        served.append(batch.key)
+        offer(batcher, f"a{round_ + 1}", key=A)  # A keeps arriving while each batch computes
+        if batch.key == B:
+            offer(batcher, f"b{round_ + 1}", key=B)
+    assert served == [A, B, A]
+
+
+def test_cancel_drops_a_queued_request() -> None:
+    batcher, _ = make()
+    offer(batcher, "r1", rows=2)
+    offer(batcher, "r2", rows=3)
+    assert batcher.cancel("r1") == "r1"
+    assert batcher.cancel("r1") is None
+    assert batcher.cancel("unknown") is None
+    assert (batcher.queued_rows, len(batcher)) == (3, 1)
+    batch = batcher.take()
+    assert batch is not None
+    assert batch.items == ["r2"]
+    assert batcher.cancel("r2") is None  # already taken
+
+
+def test_cancelling_everything_leaves_nothing_to_take() -> None:
+    batcher, _ = make()
+    offer(batcher, "r1")
+    batcher.cancel("r1")
+    assert batcher.take() is None
+
+
+def test_drain_returns_every_queued_request_oldest_first() -> None:
+    batcher, _ = make()
+    offer(batcher, "a1", key=A)
+    offer(batcher, "b1", key=B)
+    offer(batcher, "a2", key=A)
+    batcher.cancel("b1")
+    assert batcher.drain() == ["a1", "a2"]
+    assert (batcher.queued_rows, len(batcher)) == (0, 0)
+    assert batcher.take() is None
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Batcher(0, 10)

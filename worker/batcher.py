@@ -1,0 +1,169 @@
+"""Adaptive batching: a bounded queue per model version and the rule that forms the next batch.
+
+No sockets and no threads here: the server's event loop calls every method. The contract, as invariants:
+
+1. Requests queue per model key ``(name, version)``, in arrival order.
+2. There is no wait window. An idle worker's loop is parked in ``wait()``; an arrival wakes it through an
+   ``asyncio.Event`` and a lone request forms a batch at once. Requests that arrive while a batch computes
+   queue up, so batches grow exactly as fast as load does.
+3. ``take()`` forms one batch from one key: requests from the head of its queue, in arrival order, while the
+   batch holds at most ``max_batch_size`` rows. A request is never split and never skipped over to fit a later
+   one; a request larger than ``max_batch_size`` forms a batch alone.
+4. Requests whose deadline has passed when ``take()`` reaches them are split off as ``expired``: they are
+   answered ``deadline_exceeded`` and never computed.
+5. At most ``max_queue_rows`` rows are queued: ``offer()`` refuses a request that would exceed that (the server
+   answers ``overloaded`` at once, so callers can retry elsewhere).
+6. Fairness across keys: the next batch belongs to the key whose oldest queued request arrived first (round
+   robin by age of head). A request waits for the batch in flight, then for the batches of keys whose heads are
+   older than it (each may carry its key's younger requests along, up to ``max_batch_size`` rows), then runs.
+7. Every offered request leaves exactly once: in a batch, as expired, through ``cancel()`` or ``drain()``.
+
+Latency model. Say one batch of ``n`` rows computes in ``c(n) = a + b*n`` (a fixed launch cost ``a``, a
+per-row cost ``b``). Under a steady arrival rate ``λ`` rows/s the next batch holds what arrived during the
+previous one, ``n = λ*c(n)``, so ``n = max(1, λa / (1 - λb))``: at low load ``n`` is 1 and no request waits for company;
+as ``λ`` approaches ``1/b`` batches grow toward ``max_batch_size`` and amortise ``a``. A request's latency is the
+batch in flight, the batches of keys with older heads (invariant 6), and its own batch. Past capacity the queue
+fills to ``max_queue_rows`` and the worker sheds load, which bounds queueing delay by about
+``c(max_batch_size) * max_queue_rows / max_batch_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+ModelKey = tuple[str, str]
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True, eq=False)
+class _Entry(Generic[T]):
+    seq: int
+    rows: int
+    deadline: float
+    item: T
+    token: Hashable | None
+    live: bool = True
+
+
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """What ``take()`` formed: ``items`` to compute together (maybe none) and ``expired`` ones to refuse."""
+
+    key: ModelKey
+    items: list[T] = field(default_factory=list)
+    rows: int = 0
+    expired: list[T] = field(default_factory=list)
+
+
+class Batcher(Generic[T]):
+    """Per-model-version request queues and the batching rule above; the clock is injected for tests."""
+
+    def __init__(self, max_batch_size: int, max_queue_rows: int, clock: Clock = time.monotonic) -> None:
+        if max_batch_size < 1 or max_queue_rows < 1:
+            raise ValueError("max_batch_size and max_queue_rows must be at least 1")
+        self.max_batch_size = max_batch_size
+        self.max_queue_rows = max_queue_rows
+        self._clock = clock
+        self._queues: dict[ModelKey, deque[_Entry[T]]] = {}
+        self._tokens: dict[Hashable, _Entry[T]] = {}
+        self._seq = itertools.count()
+        self._rows = 0
+        self._count = 0
+        self._arrived = asyncio.Event()
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in all queues."""
+        return self._rows
+
+    def __len__(self) -> int:
+        """Requests waiting in all queues."""
+        return self._count
+
+    def offer(self, key: ModelKey, item: T, *, rows: int, deadline: float, token: Hashable | None = None) -> bool:
+        """Queue ``item`` (``rows`` rows, due by ``deadline`` on the clock); False when the queue is full.
+
+        ``token``, when given, lets ``cancel(token)`` find the request later.
+        """
+        if self._rows + rows > self.max_queue_rows:
+            return False
+        entry = _Entry(next(self._seq), rows, deadline, item, token)
+        self._queues.setdefault(key, deque()).append(entry)
+        if token is not None:
+            self._tokens[token] = entry
+        self._rows += rows
+        self._count += 1
+        self._arrived.set()
+        return True
+
+    def cancel(self, token: Hashable) -> T | None:
+        """Drop the queued request offered with ``token``; its item, or None if it is no longer queued."""
+        entry = self._tokens.get(token)
+        if entry is None:
+            return None
+        self._leave(entry)
+        entry.live = False  # removed lazily when it reaches the head of its queue
+        return entry.item
+
+    async def wait(self) -> None:
+        """Return once at least one request is queued (at once if one already is). Never polls."""
+        while not self._count:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def take(self) -> Batch[T] | None:
+        """Form the next batch by the rules above; None when nothing is queued."""
+        heads: dict[ModelKey, _Entry[T]] = {}
+        for key, queue in list(self._queues.items()):
+            while queue and not queue[0].live:
+                queue.popleft()
+            if queue:
+                heads[key] = queue[0]
+            else:
+                del self._queues[key]
+        if not heads:
+            return None
+        key = min(heads, key=lambda k: heads[k].seq)
+        queue = self._queues[key]
+        batch: Batch[T] = Batch(key)
+        now = self._clock()
+        while queue and batch.rows < self.max_batch_size:
+            entry = queue[0]
+            if not entry.live:
+                queue.popleft()
+                continue
+            if entry.deadline <= now:
+                queue.popleft()
+                self._leave(entry)
+                batch.expired.append(entry.item)
+                continue
+            if batch.items and batch.rows + entry.rows > self.max_batch_size:
+                break
+            queue.popleft()
+            self._leave(entry)
+            batch.items.append(entry.item)
+            batch.rows += entry.rows
+        if not queue:
+            del self._queues[key]
+        return batch
+
+    def drain(self) -> list[T]:
+        """Remove and return every queued item, oldest first (used at shutdown to answer them)."""
+        entries = sorted((e for q in self._queues.values() for e in q if e.live), key=lambda e: e.seq)
+        for entry in entries:
+            self._leave(entry)
+        self._queues.clear()
+        return [entry.item for entry in entries]
+
+    def _leave(self, entry: _Entry[T]) -> None:
+        self._rows -= entry.rows
+        self._count -= 1
+        if entry.token is not None and self._tokens.get(entry.token) is entry:
+            del self._tokens[entry.token]

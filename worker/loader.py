@@ -1,0 +1,293 @@
+"""Turn a model reference into a loaded, warmed, checked model, or raise ``CandidateRejected``.
+
+``load_model`` blocks (registry calls, artifact download, deserialization, a warm-up forward pass): call it on
+a loader thread (``asyncio.to_thread``), never on the event loop. MLflow's exceptions are translated here and
+nowhere else: an unknown model, alias or version becomes ``NotFound``; a version that cannot serve (no tensor
+signature, fails to deserialize, fails its warm-up, returns non-finite or mis-shaped outputs) becomes
+``CandidateRejected``; registry or network failures propagate unchanged, since they say nothing about the
+version and a caller may retry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+# Telemetry must be off before mlflow is imported (an explicit setting in the environment wins).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow
+import mlflow.artifacts
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from tandem.common.datatypes import BYTES, datatype_of, numpy_dtype
+from tandem.common.errors import BadRequest, NotFound, TandemError
+from tandem.worker.runner import BF16, retire, run_batch, tensor_of, validate
+from tandem.worker.stats import BatchStats
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "pytorch"
+WARMUP_ROWS = 1
+"""Rows of the zero batch used to warm up a model registered without an input example."""
+FLOAT_DATATYPES = frozenset(["FP16", "FP32", "FP64"])
+BF16_EXPONENT_MASK = 0x7F80
+"""A bfloat16 word with all exponent bits set is an infinity or a NaN."""
+_NOT_FOUND_CODES = frozenset(["RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"])
+
+
+class CandidateRejected(TandemError):
+    """A model version that cannot be served; ``reason`` says why. The registry poller remembers it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSignature:
+    """One declared input or output: dims of -1 are variable; dim 0 is always the batch dim."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """The map gateways receive."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(slots=True, eq=False)
+class LoadedModel:
+    """A model version on its device, warmed and checked, with its signature.
+
+    ``module`` is used only on the inference thread; ``stats`` only on the event loop thread.
+    """
+
+    name: str
+    version: str
+    aliases: list[str]
+    module: torch.nn.Module
+    device: torch.device
+    inputs: list[TensorSignature]
+    outputs: list[TensorSignature]
+    nbytes: int
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(name, version): the unit of batching and of hot-swap."""
+        return (self.name, self.version)
+
+    def describe(self) -> dict[str, Any]:
+        """The metadata map sent to gateways in each pong."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": list(self.aliases),
+            "platform": PLATFORM,
+            "inputs": [spec.describe() for spec in self.inputs],
+            "outputs": [spec.describe() for spec in self.outputs],
+            "stats": self.stats.snapshot(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A configured model: ``NAME@ALIAS`` or ``NAME/VERSION``."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> ModelRef:
+        """Parse ``ref``; ValueError when it is neither form."""
+        if "@" in ref:
+            name, _, alias = ref.partition("@")
+            if name and alias and "/" not in ref:
+                return cls(name, alias=alias)
+        elif "/" in ref:
+            name, _, version = ref.partition("/")
+            if name and version and "/" not in version:
+                return cls(name, version=version)
+        raise ValueError(f"model reference {ref!r} must be NAME@ALIAS or NAME/VERSION")
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+def resolve_device(setting: str) -> torch.device:
+    """The device for ``WorkerSettings.device``: 'auto' is CUDA when available, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def load_model(registry_uri: str, ref: str, device: torch.device) -> LoadedModel:
+    """Resolve ``ref`` in the registry, load that version onto ``device``, warm it up and check it.
+
+    Blocking; runs on a loader thread. Raises ``NotFound`` for an unknown model, alias or version and
+    ``CandidateRejected`` for a version that cannot be served.
+    """
+    # Imported on first use: importing mlflow.pytorch calls logging.basicConfig(level=ERROR), which would
+    # pre-empt the entry point's own logging set-up.
+    from mlflow import pytorch as mlflow_pytorch
+
+    started = time.perf_counter()
+    parsed = ModelRef.parse(ref)
+    client = mlflow.MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    try:
+        if parsed.alias is not None:
+            found = client.get_model_version_by_alias(parsed.name, parsed.alias)
+        else:
+            found = client.get_model_version(parsed.name, str(parsed.version))
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND_CODES:
+            raise NotFound(f"the registry has no model {str(parsed)!r}: {exc.message}") from None
+        raise
+    version = str(found.version)
+    # The client knows this registry; resolving ``models:/`` URIs would consult mlflow's global URIs instead.
+    source = client.get_model_version_download_uri(parsed.name, version)
+    with tempfile.TemporaryDirectory(prefix="tandem-model-") as scratch:
+        # One download serves the metadata, the input example and the weights.
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch, tracking_uri=registry_uri)
+        metadata = Model.load(local)
+        inputs, outputs = _signature(metadata)
+        example = _input_example(metadata, local)
+        try:
+            module = mlflow_pytorch.load_model(local, map_location=device)
+        except Exception as exc:  # deserializing runs arbitrary code from the artifact
+            raise CandidateRejected(f"cannot load {parsed.name}/{version}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise CandidateRejected(f"{parsed.name}/{version} is a {type(module).__name__}, not a torch module")
+    module = module.to(device).eval()
+    model = LoadedModel(
+        name=parsed.name,
+        version=version,
+        aliases=sorted(found.aliases or []),
+        module=module,
+        device=device,
+        inputs=inputs,
+        outputs=outputs,
+        nbytes=sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers())),
+    )
+    del module  # ``model`` holds the only reference, so ``retire`` can free it
+    try:
+        _warm_up(model, example)
+    except CandidateRejected:
+        retire(model)  # never served: free its device memory now rather than when the traceback goes
+        raise
+    log.info(
+        "loaded %s version %s on %s (%d bytes) in %.2f s",
+        model.name,
+        model.version,
+        device,
+        model.nbytes,
+        time.perf_counter() - started,
+    )
+    return model
+
+
+def _specs(schema: Any, role: str) -> list[TensorSignature]:
+    if schema is None or not schema.is_tensor_spec():
+        raise CandidateRejected(f"the signature's {role}s must be tensors (mlflow TensorSpec)")
+    specs = []
+    for index, spec in enumerate(schema.inputs):
+        name = spec.name or f"{role}_{index}"
+        shape = tuple(int(d) for d in spec.shape)
+        try:
+            datatype = datatype_of(np.dtype(spec.type))
+        except BadRequest as exc:
+            raise CandidateRejected(f"{role} {name!r}: {exc.message}") from None
+        if not shape or shape[0] != -1:
+            raise CandidateRejected(f"{role} {name!r} must have a variable batch dimension first, got {shape}")
+        specs.append(TensorSignature(name, datatype, shape))
+    return specs
+
+
+def _signature(metadata: Model) -> tuple[list[TensorSignature], list[TensorSignature]]:
+    signature = metadata.signature
+    if signature is None:
+        raise CandidateRejected("the model has no signature")
+    inputs = _specs(signature.inputs, "input")
+    outputs = _specs(signature.outputs, "output")
+    for spec in inputs:
+        if spec.datatype == BYTES:
+            raise CandidateRejected(f"input {spec.name!r} is BYTES, which a torch module cannot take")
+        if -1 in spec.shape[1:]:
+            # Requests are concatenated along dim 0, which needs every other dim fixed.
+            raise CandidateRejected(f"input {spec.name!r} has a variable non-batch dimension: {spec.shape}")
+    return inputs, outputs
+
+
+def _input_example(metadata: Model, local: str) -> Any:
+    try:
+        return metadata.load_input_example(local)
+    except Exception as exc:  # mlflow parses several formats and raises several types
+        raise CandidateRejected(f"cannot read the input example: {type(exc).__name__}: {exc}") from exc
+
+
+def _example_arrays(model: LoadedModel, example: Any) -> list[np.ndarray]:
+    """The warm-up input arrays: the registered example, else a zero batch of ``WARMUP_ROWS`` rows."""
+    if example is None:
+        return [np.zeros((WARMUP_ROWS, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype)) for spec in model.inputs]
+    if not isinstance(example, dict):
+        if len(model.inputs) != 1:
+            raise CandidateRejected("the input example is one array but the model takes several inputs")
+        example = {model.inputs[0].name: example}
+    arrays = []
+    for spec in model.inputs:
+        if spec.name not in example:
+            raise CandidateRejected(f"the input example has no input {spec.name!r}")
+        value = np.asarray(example[spec.name])
+        if spec.datatype == BF16:
+            value = torch.tensor(value, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        arrays.append(np.ascontiguousarray(value, dtype=numpy_dtype(spec.datatype)))
+    return arrays
+
+
+def _warm_up(model: LoadedModel, example: Any) -> None:
+    """Run one batch through the serving path and check the outputs against the signature."""
+    tensors = [
+        tensor_of(spec.name, spec.datatype, array)
+        for spec, array in zip(model.inputs, _example_arrays(model, example), strict=True)
+    ]
+    try:
+        rows = validate(model, tensors)
+    except BadRequest as exc:
+        raise CandidateRejected(f"the input example does not match the signature: {exc.message}") from None
+    try:
+        (outputs,) = run_batch(model, [tensors])
+    except Exception as exc:  # the module's own code may raise anything; that rejects the version
+        raise CandidateRejected(f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+    for spec, tensor in zip(model.outputs, outputs, strict=True):
+        declared = (rows, *spec.shape[1:])
+        if tensor.datatype != spec.datatype:
+            raise CandidateRejected(f"output {spec.name!r} is {tensor.datatype}; the signature says {spec.datatype}")
+        if len(tensor.shape) != len(declared) or any(
+            want not in (-1, got) for want, got in zip(declared, tensor.shape, strict=True)
+        ):
+            raise CandidateRejected(
+                f"output {spec.name!r} has shape {list(tensor.shape)} for {rows} rows; "
+                f"the signature says {list(spec.shape)}"
+            )
+        if not _finite(tensor.datatype, np.frombuffer(tensor.data, dtype=numpy_dtype(tensor.datatype))):
+            raise CandidateRejected(f"output {spec.name!r} is not finite on the warm-up input")
+
+
+def _finite(datatype: str, values: np.ndarray) -> bool:
+    if datatype in FLOAT_DATATYPES:
+        return bool(np.isfinite(values).all())
+    if datatype == BF16:
+        return not bool(((values & BF16_EXPONENT_MASK) == BF16_EXPONENT_MASK).any())
+    return True

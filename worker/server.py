@@ -1,0 +1,323 @@
+"""The worker process: a ZeroMQ ROUTER socket in front of the adaptive batcher and one inference thread.
+
+Who owns what:
+
+- The asyncio event loop thread owns the ROUTER socket (``zmq.asyncio``), decoding, admission (resolve,
+  validate, offer to the batcher), the batcher, the model slots, the counters and every reply. Only this thread
+  touches the socket.
+- One inference thread (``ThreadPoolExecutor(max_workers=1)``) runs ``run_batch`` and ``retire``: the only code
+  that touches a module or device memory. torch releases the GIL while it computes, so the loop keeps
+  receiving, and what arrives meanwhile forms the next batch.
+- A loader thread (``asyncio.to_thread``) loads and warms the configured models after the socket is bound and
+  before the worker reports ready; until then pongs say ``ready=False`` and requests get ``model_unavailable``.
+
+Two coroutines run on the loop: the receive loop (one message per iteration) and the batch loop (one batch per
+iteration). The only ``except Exception`` sits at the top of each iteration: it logs, answers the requests that
+iteration held with an error, and the loop goes on. Every admitted request is answered exactly once (``ok``, an
+error code, or ``model_unavailable`` at shutdown); ``_Job.answered`` guards that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import zmq
+import zmq.asyncio
+
+from tandem.common.errors import (
+    STATUS_OK,
+    DeadlineExceeded,
+    InternalError,
+    ModelUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+    TandemError,
+    WireError,
+)
+from tandem.common.settings import WorkerSettings
+from tandem.common.wire import (
+    Cancel,
+    InferRequest,
+    Ping,
+    Pong,
+    Reply,
+    Tensor,
+    decode,
+    encode,
+    peek_request_id,
+)
+from tandem.worker.batcher import Batch, Batcher, Clock
+from tandem.worker.loader import LoadedModel, ModelRef, load_model, resolve_device
+from tandem.worker.runner import retire, run_batch, select_outputs, validate
+from tandem.worker.slots import ModelSlots
+from tandem.worker.stats import BatchStats
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MS_PER_S = 1000.0
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """An admitted request waiting for, or inside, a batch."""
+
+    identity: bytes
+    request: InferRequest
+    model: LoadedModel
+    rows: int
+    outputs: list[int] | None
+    answered: bool = False
+
+
+class WorkerServer:
+    """Serves the configured models on ``settings.bind``. See the module docstring for the threads.
+
+    Lifecycle: ``await start()`` (bind, start the loops), ``await load_models()``, ``await serve_forever()``
+    (returns only if a loop fails), ``await close()``.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        device: torch.device | None = None,
+        slots: ModelSlots | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.device = device if device is not None else resolve_device(settings.device)
+        self.slots = slots if slots is not None else ModelSlots()
+        self.stats = BatchStats()
+        """All batches of all models; each model's own counters are ``model.stats``."""
+        self.ready = False
+        self.endpoint = ""
+        """The bound endpoint, with the real port when ``settings.bind`` asked for port 0."""
+        self._clock = clock
+        self._batcher: Batcher[_Job] = Batcher(settings.max_batch_size, settings.max_queue_rows, clock)
+        self._inflight = 0  # admitted and not yet answered: queued or computing (the pong's ``f``)
+        self._running: list[_Job] = []
+        self._context = zmq.asyncio.Context()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-inference")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Bind the ROUTER socket and start the receive and batch loops."""
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A ROUTER drops replies past its send high-water mark; replies are bounded by max_queue_rows already.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.bind(self.settings.bind)
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("worker %s listening on %s", self.settings.worker_id, self.endpoint)
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="tandem-receive"),
+            asyncio.create_task(self._batch_loop(), name="tandem-batch"),
+        ]
+
+    async def load_models(self) -> None:
+        """Load every configured model on a loader thread, then report ready."""
+        registry_uri = self.settings.resolved_registry_uri()
+        for ref in self.settings.model_refs():
+            model = await asyncio.to_thread(load_model, registry_uri, ref, self.device)
+            self.slots.add(model, ModelRef.parse(ref).alias)
+        self.ready = True
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (or until a loop fails, which is a bug: the loops catch per iteration)."""
+        await asyncio.gather(*self._tasks)
+
+    async def retire(self, model: LoadedModel) -> None:
+        """Free ``model`` on the inference thread, so it happens after the batch that may still hold it."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, retire, model)
+
+    async def close(self) -> None:
+        """Stop the loops, answer what is still queued or computing, and close the socket with linger 0."""
+        leftover = list(self._running)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._socket is not None:
+            # Best effort: with linger 0 a reply still in the socket's buffers may be dropped; gateways also
+            # fail the pending requests of a worker that goes silent.
+            for job in [*leftover, *self._batcher.drain()]:
+                if not job.answered:
+                    await self._answer_error(job, ModelUnavailable("worker is shutting down"))
+            self._socket.close(linger=0)
+        self._context.destroy(linger=0)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _receive_loop(self) -> None:
+        sock = self._socket
+        if sock is None:
+            raise RuntimeError("start() binds the socket before the loops run")
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            received = self._clock()
+            identity = frames[0].bytes
+            unanswered: InferRequest | None = None
+            try:
+                try:
+                    message = decode(frames[1:], max_tensor_bytes=self.settings.max_tensor_bytes)
+                except WireError as exc:
+                    reply = Reply(peek_request_id(frames[1:]), exc.code, model="", error=exc.message)
+                    await self._send(identity, reply)
+                    continue
+                if isinstance(message, InferRequest):
+                    unanswered = message
+                    await self._admit(identity, message, received)
+                    unanswered = None
+                elif isinstance(message, Ping):
+                    await self._send(identity, self._pong(message.seq))
+                elif isinstance(message, Cancel):
+                    job = self._batcher.cancel((identity, message.request_id))
+                    if job is not None:
+                        self._finish(job)
+                else:
+                    log.debug("ignoring a %s message sent to a worker", type(message).__name__)
+            except Exception:
+                log.exception("failed to handle a message")
+                if unanswered is not None:
+                    await self._send(identity, _error_reply(unanswered, InternalError()))
+
+    async def _admit(self, identity: bytes, request: InferRequest, received: float) -> None:
+        """Queue ``request`` for a batch, or answer it at once with the reason it cannot be."""
+        try:
+            if not self.ready:
+                raise ModelUnavailable("worker is still loading its models")
+            model = self.slots.resolve(request.model, request.version)
+            rows = validate(model, request.inputs)
+            outputs = select_outputs(model, request.outputs)
+            if request.budget_ms <= 0:
+                raise DeadlineExceeded("the request's time budget ran out before it reached the worker")
+            if rows > self.settings.max_queue_rows:
+                raise PayloadTooLarge(
+                    f"request has {rows} rows; this worker queues at most {self.settings.max_queue_rows}"
+                )
+            job = _Job(identity, request, model, rows, outputs)
+            deadline = received + request.budget_ms / MS_PER_S
+            token = (identity, request.request_id)
+            if not self._batcher.offer(model.key, job, rows=rows, deadline=deadline, token=token):
+                raise Overloaded(f"worker queue is full ({self._batcher.queued_rows} rows queued)")
+            self._inflight += 1
+        except TandemError as exc:
+            await self._send(identity, _error_reply(request, exc))
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._batcher.wait()
+            batch = self._batcher.take()
+            if batch is None:
+                continue
+            try:
+                for job in batch.expired:
+                    await self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
+                if not batch.items:
+                    continue
+                self._running = batch.items
+                model = batch.items[0].model
+                inputs = [job.request.inputs for job in batch.items]
+                outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
+                self._record_batch(model, batch)
+                for job, tensors in zip(batch.items, outputs, strict=True):
+                    await self._answer(job, tensors)
+            except Exception as exc:
+                log.exception("batch of %d requests for %s failed", len(batch.items), batch.key)
+                error = exc if isinstance(exc, TandemError) else InternalError()
+                for job in [*batch.expired, *batch.items]:
+                    if not job.answered:
+                        await self._answer_error(job, error)
+            finally:
+                self._running = []
+
+    def _record_batch(self, model: LoadedModel, batch: Batch[_Job]) -> None:
+        """The one place batches are counted (a metrics exporter hooks here)."""
+        model.stats.record(batch.rows, len(batch.items))
+        self.stats.record(batch.rows, len(batch.items))
+        log.debug("ran %s/%s: %d requests, %d rows", model.name, model.version, len(batch.items), batch.rows)
+
+    def _pong(self, seq: int) -> Pong:
+        return Pong(
+            seq=seq,
+            worker_id=self.settings.worker_id,
+            ready=self.ready,
+            queued_rows=self._batcher.queued_rows,
+            inflight=self._inflight,
+            models=[model.describe() for model in self.slots],
+        )
+
+    def _finish(self, job: _Job) -> None:
+        job.answered = True
+        self._inflight -= 1
+
+    async def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
+        self._finish(job)
+        selected = tensors if job.outputs is None else [tensors[i] for i in job.outputs]
+        reply = Reply(job.request.request_id, STATUS_OK, job.model.name, version=job.model.version, outputs=selected)
+        await self._send(job.identity, reply)
+
+    async def _answer_error(self, job: _Job, error: TandemError) -> None:
+        self._finish(job)
+        await self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
+
+    async def _send(self, identity: bytes, message: Reply | Pong) -> None:
+        if self._socket is not None:
+            await self._socket.send_multipart([identity, *encode(message)], copy=False)
+
+
+def _error_reply(request: InferRequest, error: TandemError, version: str | None = None) -> Reply:
+    return Reply(request.request_id, error.code, request.model, version=version, error=error.public_message())
+
+
+async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None = None) -> None:
+    """Bind, load the configured models, call ``ready(endpoint)``, and serve until cancelled."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    server = WorkerServer(settings)
+    await server.start()
+    try:
+        await server.load_models()
+        log.info(
+            "worker %s ready on %s (device %s) serving %s",
+            settings.worker_id,
+            server.endpoint,
+            server.device,
+            ", ".join(f"{m.name}/{m.version}" for m in server.slots),
+        )
+        if ready is not None:
+            ready(server.endpoint)
+        await server.serve_forever()
+    finally:
+        await server.close()
+
+
+def run(settings: WorkerSettings) -> None:
+    """Blocking entry point (``tandem worker``): serve until SIGTERM or SIGINT, then stop cleanly."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # a no-op when logging is configured
+    asyncio.run(_serve_until_signalled(settings))
+
+
+async def _serve_until_signalled(settings: WorkerSettings) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("must run inside a task")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await serve(settings)
+    except asyncio.CancelledError:
+        log.info("worker %s stopped", settings.worker_id)
+    except TandemError as exc:  # a configured model that is missing or cannot be served
+        log.error("worker %s cannot start: %s", settings.worker_id, exc.message)
+        raise SystemExit(1) from None
