@@ -23,6 +23,7 @@ log = logging.getLogger("tandem.up")
 REGISTRY_START_TIMEOUT_S = 120.0
 STACK_READY_TIMEOUT_S = 180.0
 LOCALHOST = "127.0.0.1"
+DEMO_MODELS = "ranker@champion,echo@champion"
 WATCH_INTERVAL_S = 0.5
 
 
@@ -47,8 +48,11 @@ class Stack:
         self.gateway_urls: list[str] = []
         self.env = child_environment({"TANDEM_HOME": str(options.home)})
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        process = start(tandem_command(*args), env=self.env)
+    def _spawn(self, name: str, *args: str, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+        output = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (held by the child)
+        process = start(tandem_command(*args), env=self.env, output=output)
+        if output is not None:
+            output.close()
         self.children.append((name, process))
         log.info("started %s (pid %d)", name, process.pid)
         return process
@@ -56,11 +60,15 @@ class Stack:
     def start_registry(self) -> None:
         """The MLflow server children and gateways never talk to directly: workers and the bootstrap do."""
         port = self.options.registry_port or free_port()
-        process = self._spawn("registry", "registry", "--home", str(self.options.home), "--port", str(port))
+        # The MLflow server logs every artifact download: keep that out of the terminal.
+        log_file = self.options.home / "registry.log"
+        process = self._spawn(
+            "registry", "registry", "--home", str(self.options.home), "--port", str(port), log_file=log_file
+        )
         if not wait_http_ok(f"http://{LOCALHOST}:{port}/health", REGISTRY_START_TIMEOUT_S, process=process):
-            raise RuntimeError("the MLflow registry did not start; see its output above")
+            raise RuntimeError(f"the MLflow registry did not start; see {log_file}")
         self.registry_uri = f"http://{LOCALHOST}:{port}"
-        log.info("MLflow registry and UI at %s", self.registry_uri)
+        log.info("MLflow registry and UI at %s (log: %s)", self.registry_uri, log_file)
 
     def bootstrap(self) -> None:
         """Register the demo models unless the registry already has them (a one-shot child)."""
@@ -88,6 +96,8 @@ class Stack:
                 endpoint,
                 "--registry-uri",
                 self.registry_uri,
+                "--models",
+                DEMO_MODELS,
             )
             endpoints.append(endpoint)
         return endpoints
