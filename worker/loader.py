@@ -1,6 +1,11 @@
 """Turn a model reference into a loaded, warmed, checked model, or raise ``CandidateRejected``.
 
-``load_model`` blocks (registry calls, artifact download, deserialization, a warm-up forward pass): call it on
+Two steps, so a hot swap can check memory in between: ``ModelSource.fetch`` resolves a reference in the registry
+and downloads that version's files (a ``Candidate``, whose size on disk is known); ``build_model`` deserializes
+it onto the device, warms it up on its registered input example and checks the outputs (finite, of the declared
+datatype and shape). ``load_model`` does both. ``available_bytes`` says how much memory a second copy could take.
+
+Everything here blocks (registry calls, artifact download, deserialization, a warm-up forward pass): call it on
 a loader thread (``asyncio.to_thread``), never on the event loop. MLflow's exceptions are translated here and
 nowhere else: an unknown model, alias or version becomes ``NotFound``; a version that cannot serve (no tensor
 signature, fails to deserialize, fails its warm-up, returns non-finite or mis-shaped outputs) becomes
@@ -14,8 +19,10 @@ import itertools
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +50,9 @@ FLOAT_DATATYPES = frozenset(["FP16", "FP32", "FP64"])
 BF16_EXPONENT_MASK = 0x7F80
 """A bfloat16 word with all exponent bits set is an infinity or a NaN."""
 _NOT_FOUND_CODES = frozenset(["RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"])
+MEMINFO = Path("/proc/meminfo")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+KIB = 1024
 
 
 class CandidateRejected(TandemError):
@@ -133,48 +143,127 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+@dataclass(slots=True)
+class Candidate:
+    """A registered version fetched to local disk and not yet deserialized; ``close()`` deletes the files.
+
+    ``artifact_bytes`` (the files' size on disk) is what a second copy is checked against before it loads.
+    """
+
+    name: str
+    version: str
+    aliases: list[str]
+    local: Path
+    artifact_bytes: int
+    scratch: tempfile.TemporaryDirectory[str]
+
+    def close(self) -> None:
+        """Delete the downloaded files."""
+        self.scratch.cleanup()
+
+    def __enter__(self) -> Candidate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ModelSource:
+    """The MLflow Model Registry as a worker sees it. Every method blocks: call it on a loader thread.
+
+    This class and ``load_model`` are the only code that calls MLflow; its exceptions are translated here (see
+    the module docstring). One client is made on first use and shared by the threads that call in.
+    """
+
+    def __init__(self, registry_uri: str) -> None:
+        self.registry_uri = registry_uri
+        self._client: mlflow.MlflowClient | None = None
+        self._lock = threading.Lock()
+
+    def _registry(self) -> mlflow.MlflowClient:
+        with self._lock:
+            if self._client is None:
+                uri = self.registry_uri
+                self._client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            return self._client
+
+    def version_of(self, name: str, alias: str) -> str:
+        """The version ``name@alias`` points to now; ``NotFound`` when the model or alias does not exist."""
+        return str(self._found(ModelRef(name, alias=alias)).version)
+
+    def fetch(self, ref: ModelRef | str) -> Candidate:
+        """Resolve ``ref`` and download that version's artifacts into a scratch directory."""
+        parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        found = self._found(parsed)
+        version = str(found.version)
+        client = self._registry()
+        # The client knows this registry; resolving ``models:/`` URIs would consult mlflow's global URIs instead.
+        source = client.get_model_version_download_uri(parsed.name, version)
+        scratch = tempfile.TemporaryDirectory(prefix="tandem-model-")
+        try:
+            # One download serves the metadata, the input example and the weights.
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=scratch.name, tracking_uri=self.registry_uri
+                )
+            )
+        except BaseException:
+            scratch.cleanup()
+            raise
+        size = sum(path.stat().st_size for path in local.rglob("*") if path.is_file())
+        return Candidate(parsed.name, version, sorted(found.aliases or []), local, size, scratch)
+
+    def _found(self, ref: ModelRef) -> Any:
+        client = self._registry()
+        try:
+            if ref.alias is not None:
+                return client.get_model_version_by_alias(ref.name, ref.alias)
+            return client.get_model_version(ref.name, str(ref.version))
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND_CODES:
+                raise NotFound(f"the registry has no model {str(ref)!r}: {exc.message}") from None
+            raise
+
+
 def load_model(registry_uri: str, ref: str, device: torch.device) -> LoadedModel:
     """Resolve ``ref`` in the registry, load that version onto ``device``, warm it up and check it.
 
     Blocking; runs on a loader thread. Raises ``NotFound`` for an unknown model, alias or version and
     ``CandidateRejected`` for a version that cannot be served.
     """
+    with ModelSource(registry_uri).fetch(ref) as candidate:
+        return build_model(candidate, device)
+
+
+def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
+    """Deserialize a fetched version onto ``device``, warm it up on its input example and check its outputs.
+
+    Blocking; runs on a loader thread, beside whatever model is live on ``device``. Raises ``CandidateRejected``
+    for a version that cannot be served; such a version is freed before this returns.
+    """
     # Imported on first use: importing mlflow.pytorch calls logging.basicConfig(level=ERROR), which would
     # pre-empt the entry point's own logging set-up.
     from mlflow import pytorch as mlflow_pytorch
 
     started = time.perf_counter()
-    parsed = ModelRef.parse(ref)
-    client = mlflow.MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    name, version, local = candidate.name, candidate.version, str(candidate.local)
     try:
-        if parsed.alias is not None:
-            found = client.get_model_version_by_alias(parsed.name, parsed.alias)
-        else:
-            found = client.get_model_version(parsed.name, str(parsed.version))
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND_CODES:
-            raise NotFound(f"the registry has no model {str(parsed)!r}: {exc.message}") from None
-        raise
-    version = str(found.version)
-    # The client knows this registry; resolving ``models:/`` URIs would consult mlflow's global URIs instead.
-    source = client.get_model_version_download_uri(parsed.name, version)
-    with tempfile.TemporaryDirectory(prefix="tandem-model-") as scratch:
-        # One download serves the metadata, the input example and the weights.
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch, tracking_uri=registry_uri)
         metadata = Model.load(local)
-        inputs, outputs = _signature(metadata)
-        example = _input_example(metadata, local)
-        try:
-            module = mlflow_pytorch.load_model(local, map_location=device)
-        except Exception as exc:  # deserializing runs arbitrary code from the artifact
-            raise CandidateRejected(f"cannot load {parsed.name}/{version}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # a missing or malformed MLmodel file: mlflow raises several types
+        raise CandidateRejected(f"cannot read the model's metadata: {type(exc).__name__}: {exc}") from exc
+    inputs, outputs = _signature(metadata)
+    example = _input_example(metadata, local)
+    try:
+        module = mlflow_pytorch.load_model(local, map_location=device)
+    except Exception as exc:  # deserializing runs arbitrary code from the artifact
+        raise CandidateRejected(f"cannot load {name}/{version}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, torch.nn.Module):
-        raise CandidateRejected(f"{parsed.name}/{version} is a {type(module).__name__}, not a torch module")
+        raise CandidateRejected(f"{name}/{version} is a {type(module).__name__}, not a torch module")
     module = module.to(device).eval()
     model = LoadedModel(
-        name=parsed.name,
+        name=name,
         version=version,
-        aliases=sorted(found.aliases or []),
+        aliases=list(candidate.aliases),
         module=module,
         device=device,
         inputs=inputs,
@@ -196,6 +285,37 @@ def load_model(registry_uri: str, ref: str, device: torch.device) -> LoadedModel
         time.perf_counter() - started,
     )
     return model
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory a new model could take on ``device`` right now.
+
+    CUDA: the driver's free memory plus what torch's caching allocator holds unused. CPU: ``MemAvailable`` from
+    ``/proc/meminfo``, capped by the cgroup (v2) limit when the worker runs in a container.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return host_available_bytes()
+
+
+def host_available_bytes(meminfo: Path = MEMINFO, cgroup: Path = CGROUP_ROOT) -> int:
+    """``MemAvailable`` in bytes, capped by the cgroup v2 headroom (``memory.max - memory.current``) if any."""
+    available = None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * KIB
+            break
+    if available is None:
+        raise RuntimeError(f"{meminfo} has no MemAvailable line")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        current = int((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    if limit == "max":
+        return available
+    return min(available, max(0, int(limit) - current))
 
 
 def _specs(schema: Any, role: str) -> list[TensorSignature]:

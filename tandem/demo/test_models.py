@@ -6,8 +6,11 @@
   ``per_batch_s + per_item_s * B`` seconds (plus ``stall_s`` with probability ``stall_probability``, drawn from
   its own seeded ``random.Random``) and returns ``x.sum(dim=1)``, float32 ``[B]``. Sleeping releases the GIL,
   as a CUDA kernel wait does, so batching and concurrency behave as they would on a GPU.
+- ``Scale``: multiplies by a factor (NaN gives a version that answers NaN), optionally carrying a ballast
+  parameter of a chosen size: versions of one model that differ in what they compute and in memory.
+- ``Unloadable``: pickles, but its unpickling raises: an artifact that fails to load.
 
-Both hold only plain attributes, so they pickle (``mlflow.pytorch`` ``serialization_format="pickle"``).
+All hold only plain attributes, so they pickle (``mlflow.pytorch`` ``serialization_format="pickle"``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 
 import torch
 from torch import nn
+
+FLOAT32_BYTES = 4
 
 
 class Echo(nn.Module):
@@ -55,3 +60,37 @@ class Sleeper(nn.Module):
             delay_s += self.stall_s
         time.sleep(delay_s)
         return x.sum(dim=1)
+
+
+class Scale(nn.Module):
+    """Multiplies its float32 ``[B, D]`` input by ``factor``: versions that differ only in what they compute.
+
+    ``ballast_bytes`` adds one frozen parameter of about that many bytes that ``forward`` never reads, so a test
+    can give a version a known memory footprint (one tensor, so freeing it returns the memory to the OS).
+    ``factor=float("nan")`` makes a version that answers NaN.
+    """
+
+    def __init__(self, factor: float, ballast_bytes: int = 0) -> None:
+        super().__init__()
+        self.factor = factor
+        elements = ballast_bytes // FLOAT32_BYTES
+        self.ballast = nn.Parameter(torch.zeros(elements), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * factor``, float32, same shape."""
+        return x * self.factor
+
+
+def _refuse_to_load() -> nn.Module:
+    raise RuntimeError("this artifact is broken on purpose (Unloadable)")
+
+
+class Unloadable(nn.Module):
+    """A version whose artifact pickles fine and fails to load: unpickling it raises ``RuntimeError``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Never runs: the model cannot be loaded."""
+        return x
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse_to_load, ())
