@@ -216,3 +216,45 @@ def test_drain_returns_every_queued_request_oldest_first() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Batcher(0, 10)
+
+
+def test_take_stops_before_a_request_that_would_make_the_tightest_miss() -> None:
+    now = [0.0]
+    batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: now[0])
+    batcher.offer(("m", "1"), "tight", rows=1, deadline=0.025)
+    batcher.offer(("m", "1"), "loose-a", rows=10, deadline=1.0)
+    batcher.offer(("m", "1"), "loose-b", rows=10, deadline=1.0)
+
+    def predict(key: tuple[str, str], rows: int) -> float:
+        return 0.002 * rows  # 1 row: 2 ms; 11 rows: 22 ms; 21 rows: 42 ms
+
+    first = batcher.take(predict)
+    assert first is not None and first.items == ["tight", "loose-a"] and first.expired == []
+    second = batcher.take(predict)
+    assert second is not None and second.items == ["loose-b"]
+
+
+def test_take_expires_a_request_that_cannot_make_its_deadline_even_alone() -> None:
+    batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: 0.0)
+    batcher.offer(("m", "1"), "hopeless", rows=1, deadline=0.001)
+    batcher.offer(("m", "1"), "fine", rows=1, deadline=1.0)
+    batch = batcher.take(lambda key, rows: 0.01)
+    assert batch is not None and batch.expired == ["hopeless"] and batch.items == ["fine"]
+
+
+def test_take_without_a_prediction_ignores_compute_time() -> None:
+    batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: 0.0)
+    batcher.offer(("m", "1"), "a", rows=1, deadline=0.001)
+    batch = batcher.take(lambda key, rows: None)
+    assert batch is not None and batch.items == ["a"]
+
+
+def test_rows_by_key_follows_offers_and_takes() -> None:
+    batcher: Batcher[str] = Batcher(max_batch_size=4, max_queue_rows=1000, clock=lambda: 0.0)
+    batcher.offer(("a", "1"), "x", rows=3, deadline=1.0)
+    batcher.offer(("a", "1"), "y", rows=3, deadline=1.0, token="y")
+    batcher.offer(("b", "1"), "z", rows=2, deadline=1.0)
+    assert batcher.rows_by_key() == {("a", "1"): 6, ("b", "1"): 2}
+    batcher.cancel("y")
+    batcher.take()
+    assert batcher.rows_by_key() == {("b", "1"): 2}

@@ -1,0 +1,103 @@
+"""The gateway's HTTP/1.1 protocol under uvicorn: httptools with a bound on the request head.
+
+uvicorn's h11 protocol bounds a request's head (``h11_max_incomplete_event_size``), but its httptools
+protocol, the fast one ``uvicorn[standard]`` runs by default, buffers a request line and headers of any size:
+a client could send megabytes of headers and the gateway would hold them. ``BoundedHttpToolsProtocol`` answers
+431 (with the gateway's JSON error body) and closes the connection once the head passes the limit, which it
+reads from ``h11_max_incomplete_event_size``, so one uvicorn setting bounds both parsers
+(``GatewaySettings.max_header_bytes``; see ``gateway/server.py``).
+
+Two counters, neither of which can exceed the true size of the head, so a head within the limit is never
+refused: the request line and every completed header as the parser reports them (exact), and the chunks read
+while a head is incomplete at both ends of the chunk (a single endless header line is never reported as a
+field until it ends). So memory stays within the limit plus two read chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+DEFAULT_MAX_HEAD_BYTES = 16 * 1024
+HEAD_TOO_LARGE = 431
+_FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF of each header line
+
+
+class HeadTooLarge(httptools.HttpParserError):
+    """Raised from a parser callback; httptools reports it as a parser error, which uvicorn answers."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering 431 for a request head over the configured size."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.max_head_bytes = config.h11_max_incomplete_event_size or DEFAULT_MAX_HEAD_BYTES
+        self._in_head = False
+        self._field_bytes = 0
+        self._chunk_bytes = 0
+        self._too_large = False
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; count the chunk when it lies wholly inside one incomplete head."""
+        if self._too_large:  # answered already; the connection is closing
+            return
+        inside_before = self._in_head
+        super().data_received(data)
+        if self._too_large or not (inside_before and self._in_head):
+            return
+        self._chunk_bytes += len(data)
+        if self._chunk_bytes > self.max_head_bytes:
+            self._too_large = True
+            self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        """A new request: its head starts."""
+        super().on_message_begin()
+        self._in_head = True
+        self._field_bytes = self._chunk_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request target (it may arrive in pieces)."""
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count a completed header line."""
+        self._count(len(name) + len(value) + _FIELD_OVERHEAD_BYTES)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head ended within the limit."""
+        self._in_head = False
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._field_bytes += size
+        if self._field_bytes > self.max_head_bytes:
+            self._too_large = True
+            raise HeadTooLarge(f"request head exceeds {self.max_head_bytes} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a parser error as uvicorn does, or with a 431 and a JSON body when the head was too large."""
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps({"error": f"request line and headers exceed the limit of {self.max_head_bytes} bytes"})
+        head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        self.transport.write(STATUS_LINE[HEAD_TOO_LARGE] + head + body)
+        self.transport.close()

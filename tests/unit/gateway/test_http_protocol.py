@@ -1,0 +1,123 @@
+"""The bounded httptools protocol, fed bytes through a fake transport (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
+
+LIMIT = 1024
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed:
+            self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+
+async def _ok(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _connect(loop: asyncio.AbstractEventLoop) -> tuple[BoundedHttpToolsProtocol, FakeTransport]:
+    config = Config(app=_ok, h11_max_incomplete_event_size=LIMIT, log_level="critical", lifespan="off")
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def _status(transport: FakeTransport) -> int:
+    return int(bytes(transport.written).split(b" ", 2)[1])
+
+
+def _body(transport: FakeTransport) -> dict:
+    return orjson.loads(bytes(transport.written).split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_small_request_is_served(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (LIMIT // 2) + b"\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert _status(transport) == 200
+    assert not transport.closed
+
+
+def test_many_headers_past_the_limit_get_431_and_the_connection_closes(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(40))
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert _status(transport) == 431
+    assert str(LIMIT) in _body(transport)["error"]
+    assert transport.closed
+
+
+def test_a_long_url_gets_431(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.data_received(b"GET /" + b"a" * (2 * LIMIT) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _status(transport) == 431
+
+
+def test_one_endless_header_line_in_small_chunks_is_cut_off_early(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    fed = 0
+    while not transport.closed and fed < 100 * LIMIT:
+        protocol.data_received(b"a" * 100)
+        fed += 100
+    assert transport.closed and _status(transport) == 431
+    assert fed <= 2 * LIMIT  # stopped within the limit plus a chunk, not after megabytes
+    protocol.data_received(b"a" * 100)  # more data after the answer is ignored
+
+
+def test_a_head_split_across_chunks_within_the_limit_is_served(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    request = b"POST /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (LIMIT - 100) + b"\r\nContent-Length: 5000\r\n\r\n"
+    for start in range(0, len(request), 7):
+        protocol.data_received(request[start : start + 7])
+    protocol.data_received(b"b" * 5000)  # a body larger than the head limit is not the head's business
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert _status(transport) == 200
+
+
+def test_other_parse_errors_still_get_uvicorns_400(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.data_received(b"NOT HTTP AT ALL\r\n\r\n")
+    assert _status(transport) == 400
