@@ -22,6 +22,7 @@ CONNECT_TIMEOUT_S = 5.0
 class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    latencies_by_status: dict[int, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
 
@@ -35,9 +36,16 @@ class LoadResult:
         """Successful requests per second."""
         return self.ok / self.elapsed_s if self.elapsed_s else 0.0
 
-    def percentile_ms(self, q: float) -> float:
-        """The q-th percentile latency in milliseconds (all answered requests)."""
-        return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
+    def record(self, status: int, latency_s: float) -> None:
+        """One answered request."""
+        self.latencies_s.append(latency_s)
+        self.statuses[status] += 1
+        self.latencies_by_status.setdefault(status, []).append(latency_s)
+
+    def percentile_ms(self, q: float, status: int | None = None) -> float:
+        """The q-th percentile latency in milliseconds, of all answered requests or those with ``status``."""
+        samples = self.latencies_s if status is None else self.latencies_by_status.get(status, [])
+        return float(np.percentile(samples, q) * 1000) if samples else float("nan")
 
     def summary(self) -> dict[str, float | int | dict[str, int]]:
         """Figures for JSON output."""
@@ -49,6 +57,7 @@ class LoadResult:
             "p99_ms": round(self.percentile_ms(99), 3),
             "p999_ms": round(self.percentile_ms(99.9), 3),
             "statuses": {str(k): v for k, v in self.statuses.items()},
+            "p99_ms_by_status": {str(k): round(self.percentile_ms(99, k), 3) for k in self.latencies_by_status},
             "errors": dict(self.errors),
         }
 
@@ -112,8 +121,7 @@ async def closed_loop(
                     connection.close()
                     connection = await Connection.open(host, port)
                     continue
-                result.latencies_s.append(time.perf_counter() - started)
-                result.statuses[status] += 1
+                result.record(status, time.perf_counter() - started)
         finally:
             connection.close()
 
@@ -157,8 +165,7 @@ async def open_loop(
             connection.close()
             opened -= 1
             return
-        result.latencies_s.append(time.perf_counter() - scheduled)
-        result.statuses[status] += 1
+        result.record(status, time.perf_counter() - scheduled)
         idle.append(connection)
 
     began = time.perf_counter()

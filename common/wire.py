@@ -13,7 +13,8 @@ Header keys (all messages): ``v`` protocol version, ``k`` kind. Then by kind:
   message, ``m``, ``ver`` the version that answered, ``t`` tensor specs of the output frames.
 - ``ping`` (gateway -> worker): ``n`` sequence number.  ``pong`` (worker -> gateway): ``n``, ``w`` worker id,
   ``r`` ready flag, ``q`` queued rows, ``f`` in-flight requests, ``ms`` model table (list of maps with
-  ``name``, ``version``, ``aliases``, ``platform``, ``inputs``, ``outputs``).
+  ``name``, ``version``, ``aliases``, ``platform``, ``inputs``, ``outputs``), ``ew`` the predicted wait in ms
+  before a newly queued request would start computing (0 when idle or not yet known).
 - ``cancel`` (gateway -> worker): ``id`` of a request whose answer is no longer wanted.
 
 Functions here are pure and socket-free: ``encode`` returns frames, ``decode`` takes frames and raises
@@ -133,6 +134,7 @@ class Pong:
     queued_rows: int
     inflight: int
     models: list[dict[str, Any]]
+    expected_wait_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -184,6 +186,7 @@ def encode(message: Message) -> list[Buffer]:
             "q": message.queued_rows,
             "f": message.inflight,
             "ms": message.models,
+            "ew": message.expected_wait_ms,
         }
     elif isinstance(message, Cancel):
         header = {"k": KIND_CANCEL, "id": message.request_id}
@@ -308,6 +311,7 @@ def decode(frames: Sequence[Buffer], *, max_tensor_bytes: int = DEFAULT_MAX_TENS
             queued_rows=_field(header, "q", int),
             inflight=_field(header, "f", int),
             models=_field(header, "ms", list),
+            expected_wait_ms=float(_field(header, "ew", (int, float), optional=True) or 0.0),
         )
     if kind == KIND_CANCEL:
         return Cancel(request_id=_field(header, "id", str))

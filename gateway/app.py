@@ -6,18 +6,59 @@ them again on shutdown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from tandem import __version__
+from tandem.common.curve import CurveClientConfig
 from tandem.common.settings import GatewaySettings
-from tandem.gateway.feature_store import FeatureStore, InMemoryFeatureStore
+from tandem.gateway.admission import Admission, AdmissionMiddleware
+from tandem.gateway.auth import AuthMiddleware, AuthPolicy
+from tandem.gateway.discovery import RedisDiscovery
+from tandem.gateway.feature_store import FeatureStore, open_feature_store
+from tandem.gateway.hedging import HedgePolicy, parse_models
 from tandem.gateway.http_errors import install_error_handlers
+from tandem.gateway.limits import BodyLimitMiddleware
+from tandem.gateway.prediction_cache import PredictionCache
 from tandem.gateway.routes import recommendations, v2
 from tandem.gateway.state import GatewayState
 from tandem.gateway.worker_client import WorkerPool
+
+STATIC_DISCOVERY = "static"
+REDIS_DISCOVERY = "redis"
+
+
+def hedge_policy(settings: GatewaySettings) -> HedgePolicy | None:
+    """The hedging policy the settings ask for; None when no model is hedged."""
+    models = parse_models(settings.hedge_models)
+    if models is not None and not models:
+        return None
+    return HedgePolicy(
+        models=models,
+        fixed_delay_s=settings.hedge_delay_ms / 1000 if settings.hedge_delay_ms else None,
+        quantile=settings.hedge_quantile,
+        budget_ratio=settings.hedge_budget_ratio,
+    )
+
+
+async def start_discovery(settings: GatewaySettings, pool: WorkerPool, stack: AsyncExitStack) -> None:
+    """Follow the Redis worker registry for as long as the app runs."""
+    if not settings.redis_url:
+        raise ValueError("TANDEM_DISCOVERY=redis needs TANDEM_REDIS_URL")
+    discovery = RedisDiscovery(settings.redis_url, pool, settings.discovery_interval_s)
+    task = asyncio.create_task(discovery.run(), name="worker discovery")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await discovery.close()
+
+    stack.push_async_callback(stop)
 
 
 def create_app(settings: GatewaySettings, *, features: FeatureStore | None = None) -> FastAPI:
@@ -27,17 +68,32 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             pool = WorkerPool(
-                settings.worker_endpoints(),
+                settings.worker_endpoints() if settings.discovery == STATIC_DISCOVERY else [],
                 ping_interval_s=settings.ping_interval_s,
                 silence_s=settings.worker_silence_s,
+                hedging=hedge_policy(settings),
+                hedge_max_queued_rows=settings.hedge_max_queued_rows,
+                curve=CurveClientConfig.from_settings(settings),
             )
             await pool.start()
             stack.push_async_callback(pool.close)
-            store = features if features is not None else InMemoryFeatureStore.from_home(settings.home)
-            app.state.tandem = GatewayState(settings=settings, pool=pool, features=store)
+            if settings.discovery == REDIS_DISCOVERY:
+                await start_discovery(settings, pool, stack)
+            store = features if features is not None else await open_feature_store(settings, stack)
+            app.state.tandem = GatewayState(
+                settings=settings,
+                pool=pool,
+                features=store,
+                prediction_cache=PredictionCache.from_settings(settings),
+            )
             yield
 
     app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)
+    admission = Admission(settings.max_inflight)
+    app.state.admission = admission
+    app.add_middleware(AdmissionMiddleware, admission=admission)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # outermost: checked first
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(recommendations.router)

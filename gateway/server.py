@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from tandem.common.settings import GatewaySettings
 from tandem.gateway.app import create_app
+from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
 
 
 def app_from_environment() -> FastAPI:
@@ -20,6 +21,8 @@ def run(settings: GatewaySettings) -> None:
     """Serve until SIGINT/SIGTERM; several processes share the port when ``settings.processes`` > 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "warning"}
+    # Bound the request line and headers under either parser: past max_header_bytes, 431 (gateway/http_protocol.py).
+    common |= {"http": BoundedHttpToolsProtocol, "h11_max_incomplete_event_size": settings.max_header_bytes}
     if settings.processes > 1:
         # Child processes rebuild the settings from the environment, which the CLI has filled.
         uvicorn.run("tandem.gateway.server:app_from_environment", factory=True, workers=settings.processes, **common)

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from tandem.common.settings import GatewaySettings
 from tandem.gateway.feature_store import FeatureStore
+from tandem.gateway.prediction_cache import PredictionCache
 from tandem.gateway.worker_client import WorkerPool
 
 
@@ -16,6 +17,7 @@ class GatewayState:
     settings: GatewaySettings
     pool: WorkerPool
     features: FeatureStore
+    prediction_cache: PredictionCache
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -8,6 +8,12 @@ longer than ``silence_s`` (a hung process keeps its TCP connection open).
 
 Sockets use ``ZMQ_IMMEDIATE`` so that nothing queues towards a worker that is not connected: a send then fails
 at once and the request goes elsewhere, and no stale request reaches a worker when it comes back.
+
+Routing is power of two choices on outstanding requests. A request races at most two attempts: the first, and a
+hedge sent to another, idle-enough worker when the first is slower than the hedge delay (``hedging.HedgePolicy``).
+The first good answer wins; the other attempt is cancelled (a ``cancel`` message lets its worker drop it if still
+queued) and its late reply is dropped by the pending table. An attempt lost with its worker is retried on another
+worker while the deadline allows; the caller gets exactly one answer.
 """
 
 from __future__ import annotations
@@ -25,14 +31,18 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from tandem.common import wire
+from tandem.common.curve import CurveClientConfig, secure_client
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
 from tandem.common.wire import Cancel, InferRequest, Ping, Pong, Reply, WireError
+from tandem.gateway import metrics
 from tandem.gateway.deadlines import Deadline
+from tandem.gateway.hedging import HedgePolicy
 from tandem.gateway.pending import PendingReplies, WorkerLost
 
 log = logging.getLogger("tandem.gateway.workers")
 
 SEND_HWM = 100_000
+DEFAULT_HEDGE_MAX_QUEUED_ROWS = 16
 _MONITORED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 _MS_PER_S = 1000.0
 
@@ -40,9 +50,10 @@ _MS_PER_S = 1000.0
 class WorkerLink:
     """One worker endpoint: its socket and what its last pong said."""
 
-    def __init__(self, endpoint: str, context: zmq.asyncio.Context) -> None:
+    def __init__(self, endpoint: str, context: zmq.asyncio.Context, curve: CurveClientConfig | None = None) -> None:
         self.endpoint = endpoint
         self.socket: zmq.asyncio.Socket = context.socket(zmq.DEALER)
+        secure_client(self.socket, curve)  # CURVE when configured (None: plain TCP)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
@@ -54,11 +65,20 @@ class WorkerLink:
         self.last_pong_at = float("-inf")
         self.worker_id = ""
         self.queued_rows = 0
+        self.expected_wait_ms = 0.0
         self.models: list[dict[str, Any]] = []
 
     def serves(self, model: str, version: str | None) -> bool:
-        """True when this worker's last pong listed ``model`` (at ``version``, when given)."""
-        return any(m.get("name") == model and (version is None or m.get("version") == version) for m in self.models)
+        """True when this worker's last pong listed ``model`` (at ``version``, when given: a version or an alias)."""
+        return any(
+            m.get("name") == model
+            and (
+                version is None
+                or m.get("version") == version
+                or (isinstance(m.get("aliases"), list) and version in m["aliases"])
+            )
+            for m in self.models
+        )
 
     def close(self) -> None:
         """Close both sockets without waiting for unsent messages."""
@@ -69,26 +89,77 @@ class WorkerLink:
 class WorkerPool:
     """Routes requests to the least-loaded live worker that serves the model, failing over when one dies."""
 
-    def __init__(self, endpoints: Iterable[str], *, ping_interval_s: float, silence_s: float) -> None:
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        *,
+        ping_interval_s: float,
+        silence_s: float,
+        hedging: HedgePolicy | None = None,
+        hedge_max_queued_rows: int = DEFAULT_HEDGE_MAX_QUEUED_ROWS,
+        curve: CurveClientConfig | None = None,
+    ) -> None:
         self._context = zmq.asyncio.Context()
-        self._links = [WorkerLink(endpoint, self._context) for endpoint in endpoints]
+        self._links: list[WorkerLink] = []
+        self._link_tasks: dict[WorkerLink, list[asyncio.Task[None]]] = {}
         self._pending = PendingReplies()
         self._ping_interval_s = ping_interval_s
         self._silence_s = silence_s
         self._tasks: list[asyncio.Task[None]] = []
         self._ping_seq = 0
+        self._initial = list(endpoints)
+        self.hedging = hedging
+        self._hedge_max_queued_rows = hedge_max_queued_rows
+        self._curve = curve
+        self.retries = 0
 
     @property
     def links(self) -> list[WorkerLink]:
-        """Every configured worker, live or not."""
+        """Every known worker, live or not."""
         return list(self._links)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The endpoints of every known worker."""
+        return [link.endpoint for link in self._links]
 
     async def start(self) -> None:
         """Start receiving, monitoring and pinging; returns at once (workers are found by their pongs)."""
-        for link in self._links:
-            self._tasks.append(asyncio.create_task(self._receive(link), name=f"recv {link.endpoint}"))
-            self._tasks.append(asyncio.create_task(self._watch(link), name=f"monitor {link.endpoint}"))
+        for endpoint in self._initial:
+            self.add_endpoint(endpoint)
         self._tasks.append(asyncio.create_task(self._ping_forever(), name="ping workers"))
+
+    def add_endpoint(self, endpoint: str) -> None:
+        """Connect to another worker (discovery found it); no-op when already known."""
+        if endpoint in self.endpoints:
+            return
+        link = WorkerLink(endpoint, self._context, self._curve)
+        self._links.append(link)
+        self._link_tasks[link] = [
+            asyncio.create_task(self._receive(link), name=f"recv {endpoint}"),
+            asyncio.create_task(self._watch(link), name=f"monitor {endpoint}"),
+        ]
+        log.info("connecting to worker %s", endpoint)
+
+    async def remove_endpoint(self, endpoint: str) -> None:
+        """Forget a worker (discovery lost it); its requests in flight are retried elsewhere."""
+        for link in self._links:
+            if link.endpoint == endpoint:
+                self._links.remove(link)
+                self._mark_down(link, "removed by discovery")
+                await self._stop_link(link)
+                log.info("disconnected from worker %s", endpoint)
+                return
+
+    async def _stop_link(self, link: WorkerLink) -> None:
+        tasks = self._link_tasks.pop(link, [])
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pending.fail_worker(link, "gateway is shutting down")
+        link.close()
 
     async def close(self) -> None:
         """Stop every task, fail what is in flight and close the sockets."""
@@ -97,9 +168,9 @@ class WorkerPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for link in self._links:
-            self._pending.fail_worker(link, "gateway is shutting down")
-            link.close()
+        for link in list(self._links):
+            await self._stop_link(link)
+        self._links.clear()
         self._context.term()
 
     async def wait_ready(self, timeout_s: float) -> bool:
@@ -117,13 +188,20 @@ class WorkerPool:
         return any(link.alive and link.ready for link in self._links)
 
     def models(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """The models live workers serve: name -> version -> metadata (as the worker described it)."""
+        """The models live workers serve: name -> version -> metadata (as the first worker described it).
+
+        ``aliases`` is the union of the aliases live workers serve that version under: during a rollout two
+        versions may both list an alias, until every worker has swapped.
+        """
         table: dict[str, dict[str, dict[str, Any]]] = {}
         for link in self._links:
             if not link.alive:
                 continue
             for model in link.models:
-                table.setdefault(model["name"], {}).setdefault(str(model["version"]), model)
+                listed = model.get("aliases")
+                aliases = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
+                entry = table.setdefault(model["name"], {}).setdefault(str(model["version"]), {**model, "aliases": []})
+                entry["aliases"] = sorted({*entry["aliases"], *aliases})
         return table
 
     def check_served(self, model: str, version: str | None) -> None:
@@ -137,61 +215,145 @@ class WorkerPool:
             raise NotFound(f"model {model!r} has no version {version!r}; served: {sorted(versions)}")
 
     def pick(self, model: str, version: str | None, exclude: set[WorkerLink]) -> WorkerLink | None:
-        """The live, ready worker serving the model with the fewest requests in flight (ties at random)."""
-        best: list[WorkerLink] = []
-        best_load = None
-        for link in self._links:
-            if link in exclude or not (link.alive and link.ready) or not link.serves(model, version):
-                continue
-            load = self._pending.outstanding(link)
-            if best_load is None or load < best_load:
-                best, best_load = [link], load
-            elif load == best_load:
-                best.append(link)
-        return random.choice(best) if best else None
+        """A live, ready worker serving the model: of two chosen at random, the one with fewer requests in flight.
+
+        Power of two choices: nearly as good as the least-loaded worker, without herding every gateway onto it.
+        """
+        eligible = [
+            link
+            for link in self._links
+            if link not in exclude and link.alive and link.ready and link.serves(model, version)
+        ]
+        if len(eligible) <= 1:
+            return eligible[0] if eligible else None
+        first, second = random.sample(eligible, 2)
+        return first if self._load(first) <= self._load(second) else second
+
+    def _load(self, link: WorkerLink) -> int:
+        return self._pending.outstanding(link)
+
+    def _hedge_target(self, request: InferRequest, busy: set[WorkerLink]) -> WorkerLink | None:
+        """Another worker for a hedge, only if it is idle enough: hedging into a busy worker only adds load."""
+        link = self.pick(request.model, request.version, busy)
+        if link is None or link.queued_rows > self._hedge_max_queued_rows:
+            return None
+        return link
 
     async def infer(self, request: InferRequest, deadline: Deadline) -> Reply:
-        """Send ``request`` to a worker and return its reply; retries on another worker if one dies.
+        """Send ``request`` to a worker and return the first reply; hedges and retries as described above.
 
         The reply may carry an error status; the caller turns it into an exception. Raises
         ``DeadlineExceeded`` when the deadline passes first and ``ModelUnavailable`` when no worker is left.
         """
+        hedging = self.hedging if self.hedging is not None and self.hedging.enabled_for(request.model) else None
+        if hedging is not None:
+            hedging.on_request()
         tried: set[WorkerLink] = set()
+        attempts: dict[asyncio.Future[Reply], tuple[str, WorkerLink, bool]] = {}
+        may_hedge = hedging is not None
+        first_sent_at = 0.0
+        try:
+            while True:
+                if not attempts:
+                    link = self._send_attempt(request, deadline, tried, attempts, hedge=False)
+                    if not first_sent_at:
+                        first_sent_at = time.monotonic()
+                remaining_s = deadline.remaining_s()
+                if remaining_s <= 0:
+                    raise _deadline_error(deadline)
+                timeout_s = remaining_s
+                hedge_delay_s = hedging.delay_s(request.model) if may_hedge and hedging is not None else None
+                if hedge_delay_s is not None:
+                    timeout_s = min(timeout_s, max(0.0, first_sent_at + hedge_delay_s - time.monotonic()))
+                done, _ = await asyncio.wait(attempts, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if hedge_delay_s is not None and not deadline.expired:
+                        may_hedge = False
+                        busy = tried | {link for _, link, _ in attempts.values()}
+                        target = self._hedge_target(request, busy)
+                        if target is not None and hedging is not None and hedging.try_spend():
+                            self._send_attempt(request, deadline, tried, attempts, hedge=True, link=target)
+                            metrics.HEDGES.labels(request.model).inc()
+                        continue
+                    raise _deadline_error(deadline)
+                for future in done:
+                    _, link, was_hedge = attempts.pop(future)
+                    error = future.exception()
+                    if isinstance(error, WorkerLost):
+                        tried.add(link)
+                        self.retries += 1
+                        metrics.RETRIES.labels(request.model).inc()
+                        continue
+                    if error is not None:
+                        raise error
+                    reply = future.result()
+                    others = tried | {link} | {other for _, other, _ in attempts.values()}
+                    if reply.status == Overloaded.code and (
+                        attempts or self.pick(request.model, request.version, others)
+                    ):
+                        tried.add(link)
+                        self.retries += 1
+                        metrics.RETRIES.labels(request.model).inc()
+                        continue
+                    if reply.ok:
+                        metrics.WORKER_CALL_DURATION.labels(request.model).observe(time.monotonic() - first_sent_at)
+                        if was_hedge:
+                            metrics.HEDGES_WON.labels(request.model).inc()
+                    if hedging is not None and reply.ok:
+                        hedging.observe(request.model, time.monotonic() - first_sent_at)
+                        if was_hedge:
+                            hedging.hedges_won += 1
+                    return reply
+        finally:
+            for attempt_id, link, _ in attempts.values():
+                self._pending.discard(attempt_id)
+                self._send_quietly(link, Cancel(attempt_id))
+
+    def _send_attempt(
+        self,
+        request: InferRequest,
+        deadline: Deadline,
+        tried: set[WorkerLink],
+        attempts: dict[asyncio.Future[Reply], tuple[str, WorkerLink, bool]],
+        *,
+        hedge: bool,
+        link: WorkerLink | None = None,
+    ) -> WorkerLink:
+        """Send one attempt to ``link`` (or a picked worker) and register it; raises when none is left."""
+        shed = False
         while True:
-            link = self.pick(request.model, request.version, tried)
             if link is None:
+                busy = tried | {other for _, other, _ in attempts.values()}
+                link = self.pick(request.model, request.version, busy)
+            if link is None:
+                if shed:
+                    raise Overloaded(f"every worker for model {request.model!r} is too busy to answer in time")
                 if tried:
                     raise ModelUnavailable(f"no worker could take model {request.model!r} right now")
                 self.check_served(request.model, request.version)
                 raise ModelUnavailable(f"no worker is ready for model {request.model!r}")
             remaining_ms = deadline.remaining_ms()
             if remaining_ms <= 0:
-                raise DeadlineExceeded(f"deadline of {deadline.budget_ms:g} ms exceeded before a worker answered")
+                raise _deadline_error(deadline)
+            if link.expected_wait_ms > remaining_ms:
+                # Its last pong says the queue alone outlasts this budget: shed here, in microseconds.
+                metrics.SHED.labels("worker_queue_predicted").inc()
+                tried.add(link)
+                shed = True
+                link = None
+                continue
             attempt_id, future = self._pending.register(link)
             request.request_id = attempt_id
             request.budget_ms = remaining_ms
-            try:
-                await link.socket.send_multipart(wire.encode(request), flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # Encoded now: the request object is reused, with another id, by a hedge or a retry.
+            if not _send_now(link.socket, wire.encode(request)):
                 # Not connected (IMMEDIATE) or its queue is full: try another worker.
                 self._pending.discard(attempt_id)
                 tried.add(link)
+                link = None
                 continue
-            try:
-                reply = await asyncio.wait_for(future, remaining_ms / _MS_PER_S)
-            except TimeoutError:
-                self._pending.discard(attempt_id)
-                self._send_quietly(link, Cancel(attempt_id))
-                raise DeadlineExceeded(
-                    f"deadline of {deadline.budget_ms:g} ms exceeded before a worker answered"
-                ) from None
-            except WorkerLost:
-                tried.add(link)
-                continue
-            if reply.status == Overloaded.code and self.pick(request.model, request.version, tried | {link}):
-                tried.add(link)
-                continue
-            return reply
+            attempts[future] = (attempt_id, link, hedge)
+            return link
 
     def _send_quietly(self, link: WorkerLink, message: wire.Message) -> None:
         try:
@@ -205,6 +367,7 @@ class WorkerPool:
             log.warning("worker %s (%s) is down: %s", link.endpoint, link.worker_id, reason)
         link.alive = False
         link.ready = False
+        metrics.WORKERS_LIVE.set(sum(other.alive for other in self._links))
         failed = self._pending.fail_worker(link, f"worker {link.endpoint} went away: {reason}")
         if failed:
             log.warning("%d requests in flight on %s will be retried elsewhere", failed, link.endpoint)
@@ -212,11 +375,13 @@ class WorkerPool:
     def _on_pong(self, link: WorkerLink, pong: Pong) -> None:
         if not link.alive:
             log.info("worker %s (%s) is up, ready=%s", link.endpoint, pong.worker_id, pong.ready)
-        link.alive = True
+            link.alive = True
+            metrics.WORKERS_LIVE.set(sum(other.alive for other in self._links))
         link.ready = pong.ready
         link.last_pong_at = time.monotonic()
         link.worker_id = pong.worker_id
         link.queued_rows = pong.queued_rows
+        link.expected_wait_ms = pong.expected_wait_ms
         link.models = [m for m in pong.models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
     async def _receive(self, link: WorkerLink) -> None:
@@ -248,6 +413,25 @@ class WorkerPool:
                     self._mark_down(link, f"no pong for {self._silence_s:g} s")
                 self._send_quietly(link, Ping(self._ping_seq))
             await asyncio.sleep(self._ping_interval_s)
+
+
+def _deadline_error(deadline: Deadline) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline of {deadline.budget_ms:g} ms exceeded before a worker answered")
+
+
+def _send_now(socket: zmq.asyncio.Socket, frames: list[wire.Buffer]) -> bool:
+    """Send without blocking; False when the socket cannot take the message now (zmq.Again)."""
+    # With NOBLOCK, zmq.asyncio tries the send at once and reports EAGAIN on the returned future.
+    future = socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    if not future.done():
+        future.add_done_callback(_consume_exception)
+        return True
+    error = future.exception()
+    if isinstance(error, zmq.Again):
+        return False
+    if error is not None:
+        raise error
+    return True
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

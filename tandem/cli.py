@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tandem.keys_cli import add_keys_parser
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -108,6 +110,31 @@ def _cmd_models_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features_load(args: argparse.Namespace) -> int:
+    from tandem.common.settings import GatewaySettings
+    from tandem.features_load import DEFAULT_BATCH_SIZE, load_home, stderr_progress
+
+    home = _home(args.home)
+    redis_url = args.redis_url or GatewaySettings(home=home).redis_url
+    if not redis_url:
+        print("no Redis to load into: pass --redis-url or set TANDEM_REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        batch_size = args.batch_size or DEFAULT_BATCH_SIZE
+        summary = load_home(home, redis_url, batch_size=batch_size, progress=stderr_progress())
+    except FileNotFoundError:
+        print(f"no demo catalog under {home}: run `tandem models bootstrap` first", file=sys.stderr)
+        return 1
+    except (ConnectionError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"loaded {summary.users} users and {summary.products} products (version {summary.version}, "
+        f"{summary.deleted} stale entities removed) in {summary.seconds:.2f}s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__.splitlines()[0])
@@ -159,6 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--registry-uri", help="MLflow registry URI (default: sqlite in --home)")
     boot.add_argument("--force", action="store_true", help="retrain and register a new version anyway")
     boot.set_defaults(func=_cmd_models_bootstrap)
+    from tandem import models_cli  # light: mlflow is imported only when a models command runs
+
+    registry_help = "MLflow registry URI (default: $TANDEM_REGISTRY_URI, else sqlite in --home)"
+    listing = with_home(models_sub.add_parser("list", help="versions, aliases, and which version is live where"))
+    listing.add_argument("--registry-uri", help=registry_help)
+    listing.add_argument("--workers", help="worker endpoints to ask what they serve (default: $TANDEM_WORKERS)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=models_cli.run_list)
+    promote = with_home(models_sub.add_parser("promote", help="point an alias at a version; workers swap it in"))
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="version to promote")
+    promote.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    promote.add_argument("--registry-uri", help=registry_help)
+    promote.set_defaults(func=models_cli.run_promote)
+    rollback = with_home(models_sub.add_parser("rollback", help="point an alias back at its previous version"))
+    rollback.add_argument("name", help="registered model name")
+    rollback.add_argument("--alias", default="champion", help="alias to move back (default: champion)")
+    rollback.add_argument("--registry-uri", help=registry_help)
+    rollback.set_defaults(func=models_cli.run_rollback)
+
+    features = sub.add_parser("features", help="manage the features gateways read")
+    features_sub = features.add_subparsers(dest="features_command", required=True)
+    load = with_home(features_sub.add_parser("load", help="write the demo users and products into Redis"))
+    load.add_argument("--redis-url", help="Redis to load into (default: $TANDEM_REDIS_URL)")
+    load.add_argument("--batch-size", type=int, help="entities written per Redis command (default: 500)")
+    load.set_defaults(func=_cmd_features_load)
+
+    add_keys_parser(sub)  # tandem keys api | curve
     return parser
 
 

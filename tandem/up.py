@@ -165,6 +165,7 @@ def run_up(options: UpOptions) -> int:
         stack.start_gateways(endpoints)
         stack.wait_ready()
         print(f"Tandem is serving at {stack.gateway_urls[0]} (registry: {stack.registry_uri})", flush=True)
+        log.info("to require API keys: `tandem keys api`, then TANDEM_API_KEYS=<its entry> (docs/security.md)")
         while True:
             time.sleep(WATCH_INTERVAL_S)
             exited = stack.first_exited()

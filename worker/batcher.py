@@ -10,7 +10,10 @@ No sockets and no threads here: the server's event loop calls every method. The 
    batch holds at most ``max_batch_size`` rows. A request is never split and never skipped over to fit a later
    one; a request larger than ``max_batch_size`` forms a batch alone.
 4. Requests whose deadline has passed when ``take()`` reaches them are split off as ``expired``: they are
-   answered ``deadline_exceeded`` and never computed.
+   answered ``deadline_exceeded`` and never computed. Given a latency prediction, ``take()`` also never forms a
+   batch whose predicted compute time would make its tightest request miss its deadline: the batch stops
+   before the request that would break that, and a request that cannot make its deadline even alone is
+   expired at once rather than computed in vain.
 5. At most ``max_queue_rows`` rows are queued: ``offer()`` refuses a request that would exceed that (the server
    answers ``overloaded`` at once, so callers can retry elsewhere).
 6. Fairness across keys: the next batch belongs to the key whose oldest queued request arrived first (round
@@ -40,10 +43,12 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 ModelKey = tuple[str, str]
 Clock = Callable[[], float]
+Predict = Callable[[ModelKey, int], "float | None"]
 
 
 @dataclass(slots=True, eq=False)
 class _Entry(Generic[T]):
+    key: ModelKey
     seq: int
     rows: int
     deadline: float
@@ -75,6 +80,7 @@ class Batcher(Generic[T]):
         self._tokens: dict[Hashable, _Entry[T]] = {}
         self._seq = itertools.count()
         self._rows = 0
+        self._rows_by_key: dict[ModelKey, int] = {}
         self._count = 0
         self._arrived = asyncio.Event()
 
@@ -94,7 +100,8 @@ class Batcher(Generic[T]):
         """
         if self._rows + rows > self.max_queue_rows:
             return False
-        entry = _Entry(next(self._seq), rows, deadline, item, token)
+        entry = _Entry(key, next(self._seq), rows, deadline, item, token)
+        self._rows_by_key[key] = self._rows_by_key.get(key, 0) + rows
         self._queues.setdefault(key, deque()).append(entry)
         if token is not None:
             self._tokens[token] = entry
@@ -118,8 +125,15 @@ class Batcher(Generic[T]):
             self._arrived.clear()
             await self._arrived.wait()
 
-    def take(self) -> Batch[T] | None:
-        """Form the next batch by the rules above; None when nothing is queued."""
+    def rows_by_key(self) -> dict[ModelKey, int]:
+        """Rows queued per model key (for the expected wait of a newcomer); do not modify."""
+        return self._rows_by_key
+
+    def take(self, predict: Predict | None = None) -> Batch[T] | None:
+        """Form the next batch by the rules above; None when nothing is queued.
+
+        ``predict(key, rows)`` gives a batch's expected compute seconds (None: unknown, no constraint).
+        """
         heads: dict[ModelKey, _Entry[T]] = {}
         for key, queue in list(self._queues.items()):
             while queue and not queue[0].live:
@@ -134,6 +148,7 @@ class Batcher(Generic[T]):
         queue = self._queues[key]
         batch: Batch[T] = Batch(key)
         now = self._clock()
+        tightest = float("inf")
         while queue and batch.rows < self.max_batch_size:
             entry = queue[0]
             if not entry.live:
@@ -146,10 +161,19 @@ class Batcher(Generic[T]):
                 continue
             if batch.items and batch.rows + entry.rows > self.max_batch_size:
                 break
+            predicted = predict(key, batch.rows + entry.rows) if predict is not None else None
+            if predicted is not None and now + predicted > min(tightest, entry.deadline):
+                if batch.items:
+                    break
+                queue.popleft()
+                self._leave(entry)
+                batch.expired.append(entry.item)
+                continue
             queue.popleft()
             self._leave(entry)
             batch.items.append(entry.item)
             batch.rows += entry.rows
+            tightest = min(tightest, entry.deadline)
         if not queue:
             del self._queues[key]
         return batch
@@ -164,6 +188,11 @@ class Batcher(Generic[T]):
 
     def _leave(self, entry: _Entry[T]) -> None:
         self._rows -= entry.rows
+        left = self._rows_by_key[entry.key] - entry.rows
+        if left:
+            self._rows_by_key[entry.key] = left
+        else:
+            del self._rows_by_key[entry.key]
         self._count -= 1
         if entry.token is not None and self._tokens.get(entry.token) is entry:
             del self._tokens[entry.token]

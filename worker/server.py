@@ -10,6 +10,9 @@ Who owns what:
   receiving, and what arrives meanwhile forms the next batch.
 - A loader thread (``asyncio.to_thread``) loads and warms the configured models after the socket is bound and
   before the worker reports ready; until then pongs say ``ready=False`` and requests get ``model_unavailable``.
+- The registry poller, a coroutine on the loop, then watches the served aliases and hot-swaps new versions
+  (``worker/registry.py`` decides, ``worker/swap.py`` swaps: loads on a loader thread, retires on the
+  inference thread).
 
 Two coroutines run on the loop: the receive loop (one message per iteration) and the batch loop (one batch per
 iteration). The only ``except Exception`` sits at the top of each iteration: it logs, answers the requests that
@@ -20,6 +23,7 @@ error code, or ``model_unavailable`` at shutdown); ``_Job.answered`` guards that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -31,6 +35,8 @@ import torch
 import zmq
 import zmq.asyncio
 
+from tandem.common.curve import secure_server
+from tandem.common.discovery import advertised_endpoint
 from tandem.common.errors import (
     STATUS_OK,
     DeadlineExceeded,
@@ -54,12 +60,19 @@ from tandem.common.wire import (
     peek_request_id,
 )
 from tandem.worker.batcher import Batch, Batcher, Clock
-from tandem.worker.loader import LoadedModel, ModelRef, load_model, resolve_device
+from tandem.worker.discovery import register_forever
+from tandem.worker.latency import BatchLatencyModel
+from tandem.worker.loader import LoadedModel, ModelRef, ModelSource, build_model, resolve_device
+from tandem.worker.registry import LifecycleCounters
 from tandem.worker.runner import retire, run_batch, select_outputs, validate
 from tandem.worker.slots import ModelSlots
 from tandem.worker.stats import BatchStats
+from tandem.worker.swap import registry_watcher
 
 log = logging.getLogger(__name__)
+
+SHED_SAFETY_FACTOR = 1.25
+"""Admission refuses a request unless its predicted wait and compute, times this, fit its budget."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MS_PER_S = 1000.0
@@ -98,12 +111,18 @@ class WorkerServer:
         self.stats = BatchStats()
         """All batches of all models; each model's own counters are ``model.stats``."""
         self.ready = False
+        self.draining = False
+        """True during an in-place swap: pongs say not ready, so gateways route elsewhere (``worker/swap.py``)."""
+        self.lifecycle = LifecycleCounters()
+        """Registry polls, swaps and rejected versions per model (``worker/registry.py``); pongs carry them."""
         self.endpoint = ""
         """The bound endpoint, with the real port when ``settings.bind`` asked for port 0."""
         self._clock = clock
         self._batcher: Batcher[_Job] = Batcher(settings.max_batch_size, settings.max_queue_rows, clock)
         self._inflight = 0  # admitted and not yet answered: queued or computing (the pong's ``f``)
         self._running: list[_Job] = []
+        self._latency = BatchLatencyModel()
+        self._running_until = 0.0  # predicted end of the batch computing now (clock seconds)
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-inference")
@@ -112,6 +131,7 @@ class WorkerServer:
     async def start(self) -> None:
         """Bind the ROUTER socket and start the receive and batch loops."""
         sock = self._context.socket(zmq.ROUTER)
+        self._zap_task = secure_server(sock, self.settings)  # frame-size cap; CURVE and ZAP when configured
         sock.setsockopt(zmq.LINGER, 0)
         # A ROUTER drops replies past its send high-water mark; replies are bounded by max_queue_rows already.
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -125,12 +145,18 @@ class WorkerServer:
         ]
 
     async def load_models(self) -> None:
-        """Load every configured model on a loader thread, then report ready."""
-        registry_uri = self.settings.resolved_registry_uri()
+        """Load every configured model on a loader thread (one copy per version, shared by aliases), then report
+        ready and start watching the registry."""
+        source = ModelSource(self.settings.resolved_registry_uri())
         for ref in self.settings.model_refs():
-            model = await asyncio.to_thread(load_model, registry_uri, ref, self.device)
-            self.slots.add(model, ModelRef.parse(ref).alias)
+            parsed = ModelRef.parse(ref)
+            with await asyncio.to_thread(source.fetch, parsed) as candidate:
+                model = self.slots.get(candidate.name, candidate.version)
+                if model is None:
+                    model = await asyncio.to_thread(build_model, candidate, self.device)
+            self.slots.add(model, parsed.alias)
         self.ready = True
+        self._watch_registry()
 
     async def serve_forever(self) -> None:
         """Run until cancelled (or until a loop fails, which is a bug: the loops catch per iteration)."""
@@ -139,6 +165,17 @@ class WorkerServer:
     async def retire(self, model: LoadedModel) -> None:
         """Free ``model`` on the inference thread, so it happens after the batch that may still hold it."""
         await asyncio.get_running_loop().run_in_executor(self._executor, retire, model)
+
+    def _watch_registry(self) -> None:
+        """Poll the registry for the served aliases and hot-swap the versions they move to (``worker/swap.py``)."""
+        poller = registry_watcher(
+            self.settings, self.slots, self.device, self.lifecycle, retire=self.retire, set_draining=self._drain
+        )
+        if poller is not None:
+            self._tasks.append(asyncio.create_task(poller.run(), name="tandem-registry-poll"))
+
+    def _drain(self, draining: bool) -> None:
+        self.draining = draining
 
     async def close(self) -> None:
         """Stop the loops, answer what is still queued or computing, and close the socket with linger 0."""
@@ -205,10 +242,12 @@ class WorkerServer:
                 )
             job = _Job(identity, request, model, rows, outputs)
             deadline = received + request.budget_ms / MS_PER_S
+            self._shed_if_late(model.key, rows, received, deadline)
             token = (identity, request.request_id)
             if not self._batcher.offer(model.key, job, rows=rows, deadline=deadline, token=token):
                 raise Overloaded(f"worker queue is full ({self._batcher.queued_rows} rows queued)")
             self._inflight += 1
+            self.slots.hold(model)  # a swap retires ``model`` only once no admitted request holds it
         except TandemError as exc:
             await self._send(identity, _error_reply(request, exc))
 
@@ -216,7 +255,7 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         while True:
             await self._batcher.wait()
-            batch = self._batcher.take()
+            batch = self._batcher.take(self._latency.predict)
             if batch is None:
                 continue
             try:
@@ -227,7 +266,10 @@ class WorkerServer:
                 self._running = batch.items
                 model = batch.items[0].model
                 inputs = [job.request.inputs for job in batch.items]
+                started = self._clock()
+                self._running_until = started + (self._latency.predict(batch.key, batch.rows) or 0.0)
                 outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
+                self._latency.observe(batch.key, batch.rows, self._clock() - started)
                 self._record_batch(model, batch)
                 for job, tensors in zip(batch.items, outputs, strict=True):
                     await self._answer(job, tensors)
@@ -240,6 +282,33 @@ class WorkerServer:
             finally:
                 self._running = []
 
+    def _expected_wait_s(self, now: float) -> float | None:
+        """Predicted seconds until a newcomer's batch could start: the batch computing, then the queue."""
+        wait = max(0.0, self._running_until - now) if self._running else 0.0
+        size = self.settings.max_batch_size
+        for key, rows in self._batcher.rows_by_key().items():
+            full, rest = divmod(rows, size)
+            for batch_rows, count in ((size, full), (rest, 1 if rest else 0)):
+                if count:
+                    predicted = self._latency.predict(key, batch_rows)
+                    if predicted is None:
+                        return None
+                    wait += count * predicted
+        return wait
+
+    def _shed_if_late(self, key: tuple[str, str], rows: int, now: float, deadline: float) -> None:
+        """Refuse at once (``overloaded``) a request predicted to miss its deadline, instead of queueing it."""
+        own = self._latency.predict(key, rows)
+        wait = self._expected_wait_s(now)
+        if own is None or wait is None:
+            return
+        # Leave some of the budget for the reply's way back and for misprediction.
+        if now + (wait + own) * SHED_SAFETY_FACTOR > deadline:
+            raise Overloaded(
+                f"worker is too busy to answer within the deadline (expected {1000 * (wait + own):.0f} ms, "
+                f"{1000 * (deadline - now):.0f} ms left)"
+            )
+
     def _record_batch(self, model: LoadedModel, batch: Batch[_Job]) -> None:
         """The one place batches are counted (a metrics exporter hooks here)."""
         model.stats.record(batch.rows, len(batch.items))
@@ -250,15 +319,16 @@ class WorkerServer:
         return Pong(
             seq=seq,
             worker_id=self.settings.worker_id,
-            ready=self.ready,
+            ready=self.ready and not self.draining,
             queued_rows=self._batcher.queued_rows,
             inflight=self._inflight,
-            models=[model.describe() for model in self.slots],
+            models=self.slots.describe(self.lifecycle.snapshot),
         )
 
     def _finish(self, job: _Job) -> None:
         job.answered = True
         self._inflight -= 1
+        self.slots.release(job.model)
 
     async def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
         self._finish(job)
@@ -284,6 +354,7 @@ async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     server = WorkerServer(settings)
+    registration: asyncio.Task[None] | None = None
     await server.start()
     try:
         await server.load_models()
@@ -296,8 +367,16 @@ async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None
         )
         if ready is not None:
             ready(server.endpoint)
+        if settings.redis_url:
+            endpoint = advertised_endpoint(server.endpoint, settings.advertise)
+            registration = asyncio.create_task(register_forever(settings.redis_url, endpoint), name="registration")
+            log.info("registering %s in the Redis worker registry", endpoint)
         await server.serve_forever()
     finally:
+        if registration is not None:
+            registration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registration
         await server.close()
 
 

@@ -6,10 +6,12 @@ tensor bytes go from the HTTP body into ZeroMQ frames (and back) without becomin
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from tandem import __version__
@@ -17,15 +19,29 @@ from tandem.common.errors import ModelUnavailable, error_from_code
 from tandem.common.wire import InferRequest
 from tandem.gateway.body import read_body
 from tandem.gateway.deadlines import TIMEOUT_HEADER, deadline_from_header
+from tandem.gateway.limits import check_infer_limits
 from tandem.gateway.state import gateway_state
+from tandem.gateway.traffic import USER_ID_HEADER, Traffic
 from tandem.gateway.v2_codec import (
     HEADER_LENGTH_HEADER,
     build_infer_response,
     model_metadata_body,
     parse_infer_request,
 )
+from tandem.gateway.v2_schema import INFER_OPENAPI
 
-router = APIRouter(tags=["v2"])
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the traffic policy (``gateway/traffic.py``) as ``app.state.traffic``; every route's calls use it."""
+    app.state.traffic = Traffic.from_settings(app.state.tandem.settings)
+    try:
+        yield
+    finally:
+        await app.state.traffic.close()
+
+
+router = APIRouter(tags=["v2"], lifespan=_lifespan)
 
 SERVER_NAME = "tandem"
 EXTENSIONS = ("binary_tensor_data",)
@@ -95,8 +111,8 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
     return _json({"name": model, "ready": True})
 
 
-@router.post("/v2/models/{model}/infer")
-@router.post("/v2/models/{model}/versions/{version}/infer")
+@router.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
+@router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=INFER_OPENAPI)
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     """Run the model on the request's tensors (JSON or the binary tensor extension)."""
     state = gateway_state(request)
@@ -108,10 +124,16 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     )
     state.pool.check_served(model, version)
     body = await read_body(request, settings.max_body_bytes)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH_HEADER))
-    reply = await state.pool.infer(
+    parsed = parse_infer_request(
+        body, request.headers.get(HEADER_LENGTH_HEADER), max_elements=settings.max_tensor_elements
+    )
+    check_infer_limits(parsed, settings)
+    reply = await request.app.state.traffic.infer(
+        state.pool.infer,
+        state.pool,
         InferRequest(request_id="", model=model, version=version, budget_ms=0.0, inputs=parsed.inputs),
         deadline,
+        key=request.headers.get(USER_ID_HEADER) or parsed.id,
     )
     if not reply.ok:
         raise error_from_code(reply.status, reply.error)

@@ -37,13 +37,13 @@ DOCKERFILES = {"gateway": DEPLOY / "docker" / "Dockerfile.gateway", "worker": DE
 # TANDEM_* variables the deploy files set before the code reads them: settings being added in parallel (Redis
 # discovery, metrics, tracing). Each name is accepted only while it is not yet a field of the settings class
 # (the real fields are checked first); delete a name here once its field lands in common/settings.py.
-PENDING_WORKER_ENV = frozenset({"TANDEM_REDIS_URL", "TANDEM_ADVERTISE", "TANDEM_METRICS_PORT", "TANDEM_OTLP_ENDPOINT"})
-PENDING_GATEWAY_ENV = frozenset({"TANDEM_REDIS_URL", "TANDEM_DISCOVERY", "TANDEM_OTLP_ENDPOINT"})
+PENDING_WORKER_ENV = frozenset({"TANDEM_METRICS_PORT", "TANDEM_OTLP_ENDPOINT"})
+PENDING_GATEWAY_ENV = frozenset({"TANDEM_OTLP_ENDPOINT"})
 # Defaults the pending settings are agreed to have (the worker's Prometheus port).
 PENDING_DEFAULTS = {"TANDEM_METRICS_PORT": "9100"}
 # Subcommands the deploy files run before the CLI has them (`tandem features load`, being added in parallel):
 # accepted only while the top-level parser does not know the subcommand; once it does, its flags are checked.
-PENDING_SUBCOMMANDS = frozenset({("features", "load")})
+PENDING_SUBCOMMANDS: frozenset[tuple[str, str]] = frozenset()
 
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 

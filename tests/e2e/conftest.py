@@ -36,12 +36,19 @@ def make_stack(registry: Registry, tmp_path: Path) -> Iterator[Callable[..., Sta
     """A factory of stacks (N workers + one gateway); all are stopped at teardown."""
     stacks: list[Stack] = []
 
-    def build(workers: int = 1, gateway_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> Stack:
+    def build(
+        workers: int = 1,
+        gateway_args: tuple[str, ...] = (),
+        worker_args: tuple[str, ...] = (),
+        *,
+        gateway: bool = True,
+    ) -> Stack:
         stack = Stack(registry, tmp_path, worker_args=worker_args)
         stacks.append(stack)
         for _ in range(workers):
             stack.start_worker()
-        stack.start_gateway(*gateway_args)
+        if gateway:
+            stack.start_gateway(*gateway_args)
         return stack
 
     yield build

@@ -14,6 +14,7 @@ import zmq.asyncio
 from tandem.common import wire
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound
 from tandem.gateway.deadlines import Deadline
+from tandem.gateway.hedging import HedgePolicy
 from tandem.gateway.worker_client import WorkerPool
 
 pytestmark = pytest.mark.anyio
@@ -30,13 +31,14 @@ MODEL = {"name": "m", "version": "1", "aliases": ["champion"], "platform": "pyto
 class ScriptedWorker:
     """A ROUTER that answers pings and handles infers with ``behaviour`` (echo by default)."""
 
-    def __init__(self, behaviour: str = "echo") -> None:
+    def __init__(self, behaviour: str = "echo", delay_s: float = 0.3) -> None:
         self.context = zmq.asyncio.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         port = self.socket.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.behaviour = behaviour
+        self.delay_s = delay_s
         self.received: list[wire.Message] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -49,8 +51,15 @@ class ScriptedWorker:
                 pong = wire.Pong(message.seq, "scripted", True, 0, 0, [MODEL])
                 await self.socket.send_multipart([identity, *wire.encode(pong)])
             elif isinstance(message, wire.InferRequest) and self.behaviour == "echo":
-                reply = wire.Reply(message.request_id, "ok", message.model, "1", message.inputs)
-                await self.socket.send_multipart([identity, *wire.encode(reply)])
+                await self.answer(identity, message)
+            elif isinstance(message, wire.InferRequest) and self.behaviour == "slow":
+                asyncio.get_running_loop().call_later(
+                    self.delay_s, lambda i=identity, m=message: asyncio.ensure_future(self.answer(i, m))
+                )
+
+    async def answer(self, identity: bytes, message: wire.InferRequest) -> None:
+        reply = wire.Reply(message.request_id, "ok", message.model, "1", message.inputs)
+        await self.socket.send_multipart([identity, *wire.encode(reply)])
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.serve())
@@ -64,8 +73,8 @@ class ScriptedWorker:
 
 
 @contextlib.asynccontextmanager
-async def pool_of(*workers: ScriptedWorker) -> AsyncIterator[WorkerPool]:
-    pool = WorkerPool([w.endpoint for w in workers], ping_interval_s=0.05, silence_s=0.5)
+async def pool_of(*workers: ScriptedWorker, hedging: HedgePolicy | None = None) -> AsyncIterator[WorkerPool]:
+    pool = WorkerPool([w.endpoint for w in workers], ping_interval_s=0.05, silence_s=0.5, hedging=hedging)
     await pool.start()
     try:
         assert await pool.wait_ready(5.0)
@@ -143,3 +152,39 @@ async def test_no_live_worker_is_model_unavailable_at_once() -> None:
         with pytest.raises(ModelUnavailable):
             await pool.infer(request(), Deadline(2000))
         assert loop.time() - began < 0.5
+
+
+async def test_a_slow_first_attempt_is_hedged_to_the_other_worker_and_cancelled() -> None:
+    slow, fast = started("slow", "echo")
+    policy = HedgePolicy(models=None, fixed_delay_s=0.02, burst=100)
+    async with pool_of(slow, fast, hedging=policy) as pool:
+        await wait_for(lambda: all(link.alive for link in pool.links))
+        loop = asyncio.get_running_loop()
+        for _ in range(10):
+            began = loop.time()
+            reply = await pool.infer(request(), Deadline(2000))
+            assert reply.ok
+            assert loop.time() - began < 0.25
+        sent_to_slow = [m for m in slow.received if isinstance(m, wire.InferRequest)]
+        assert sent_to_slow, "power of two choices never picked the slow worker"
+        assert policy.hedges == len(sent_to_slow) == policy.hedges_won
+        await wait_for(lambda: sum(isinstance(m, wire.Cancel) for m in slow.received) == len(sent_to_slow))
+
+
+async def test_without_hedging_a_slow_worker_costs_its_full_delay() -> None:
+    slow = started("slow")[0]
+    async with pool_of(slow) as pool:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert (await pool.infer(request(), Deadline(2000))).ok
+        assert loop.time() - began >= slow.delay_s
+
+
+async def test_the_hedge_budget_stops_hedging() -> None:
+    slow, fast = started("slow", "echo")
+    slow.delay_s = 0.05
+    policy = HedgePolicy(models=None, fixed_delay_s=0.005, budget_ratio=0.0, burst=1.0)
+    async with pool_of(slow, fast, hedging=policy) as pool:
+        await wait_for(lambda: all(link.alive for link in pool.links))
+        await asyncio.gather(*(pool.infer(request(), Deadline(2000)) for _ in range(20)))
+        assert policy.hedges == 1

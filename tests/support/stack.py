@@ -44,7 +44,13 @@ class Stack:
     def url(self) -> str:
         return self.gateways[0][0]
 
-    def start_worker(self, endpoint: str | None = None, *extra: str) -> str:
+    def start_worker(
+        self,
+        endpoint: str | None = None,
+        *extra: str,
+        models: str = SERVED_MODELS,
+        env: dict[str, str] | None = None,
+    ) -> str:
         endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         log = open(self.logs / f"worker-{endpoint.rsplit(':', 1)[1]}.log", "ab")  # noqa: SIM115 (kept by the process)
         process = start(
@@ -57,18 +63,18 @@ class Stack:
                 "--bind",
                 endpoint,
                 "--models",
-                SERVED_MODELS,
+                models,
                 *self.worker_args,
                 *extra,
             ),
-            env=child_environment({"TANDEM_TORCH_THREADS": "1"}),
+            env=child_environment({"TANDEM_TORCH_THREADS": "1", **(env or {})}),
             output=log,
         )
         self.workers[endpoint] = process
         wait_worker_ready(endpoint, process)
         return endpoint
 
-    def start_gateway(self, *extra: str) -> str:
+    def start_gateway(self, *extra: str, env: dict[str, str] | None = None) -> str:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(self.logs / f"gateway-{port}.log", "ab")  # noqa: SIM115 (kept by the process)
@@ -83,7 +89,7 @@ class Stack:
                 ",".join(self.workers),
                 *extra,
             ),
-            env=child_environment(),
+            env=child_environment(env),
             output=log,
         )
         self.gateways.append((url, process))
@@ -101,3 +107,11 @@ class Stack:
             stop(process)
         for process in self.workers.values():
             stop(process)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")

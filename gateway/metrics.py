@@ -1,0 +1,115 @@
+"""The gateway's Prometheus metrics, the middleware that times every request, and the ``/metrics`` endpoint.
+
+Metrics are process-wide by nature (prometheus-client's multiprocess mode keeps one file per process and has no
+notion of an app), so they are module-level objects: the one deliberate global in the gateway. With several
+gateway processes on one port, ``PROMETHEUS_MULTIPROC_DIR`` is set before they start and ``/metrics`` sums
+every process's files, so whichever process answers a scrape reports the whole gateway.
+
+Buckets are for millisecond latencies. Names follow Prometheus conventions: ``tandem_`` prefix, base units,
+``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import APIRouter
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED_ROUTE = "unmatched"
+
+REQUESTS = Counter(
+    "tandem_requests_total", "HTTP requests answered, by route, model, version and status.",
+    ["route", "model", "version", "status"],
+)  # fmt: skip
+REQUEST_DURATION = Histogram(
+    "tandem_request_duration_seconds", "Time from request to response, by route, model and status.",
+    ["route", "model", "status"], buckets=LATENCY_BUCKETS_S,
+)  # fmt: skip
+INFLIGHT = Gauge("tandem_gateway_inflight", "Requests this gateway is working on.", multiprocess_mode="livesum")
+SHED = Counter("tandem_shed_total", "Requests refused at once instead of queued, by reason.", ["reason"])
+HEDGES = Counter("tandem_hedges_total", "Second copies of slow requests sent to another worker.", ["model"])
+HEDGES_WON = Counter("tandem_hedges_won_total", "Hedges that answered first.", ["model"])
+RETRIES = Counter("tandem_retries_total", "Attempts resent to another worker (lost or overloaded).", ["model"])
+WORKER_CALL_DURATION = Histogram(
+    "tandem_worker_call_duration_seconds", "Time from first send to first good answer from a worker.",
+    ["model"], buckets=LATENCY_BUCKETS_S,
+)  # fmt: skip
+WORKERS_LIVE = Gauge("tandem_workers_live", "Workers answering pings.", multiprocess_mode="max")
+CACHE = Counter("tandem_cache_total", "Prediction cache lookups, by result (hit, miss).", ["model", "result"])
+FEATURE_LOOKUP_DURATION = Histogram(
+    "tandem_feature_lookup_seconds", "Time of one feature lookup (user and all candidates).",
+    ["store"], buckets=LATENCY_BUCKETS_S,
+)  # fmt: skip
+FEATURE_FAILURES = Counter(
+    "tandem_feature_failures_total", "Feature lookups that failed or were defaulted, by kind.", ["kind"]
+)
+
+
+def _route_labels(scope: Scope) -> tuple[str, str, str]:
+    route = scope.get("route")
+    path = getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
+    params = scope.get("path_params") or {}
+    state = scope.get("state") or {}
+    model = params.get("model") or state.get("model", "")
+    version = state.get("model_version") or params.get("version") or ""
+    return path, model, version
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (not its raw path: bounded cardinality)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_remember(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        INFLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_and_remember)
+        finally:
+            INFLIGHT.dec()
+            route, model, version = _route_labels(scope)
+            code = str(status)
+            REQUESTS.labels(route, model, version, code).inc()
+            REQUEST_DURATION.labels(route, model, code).observe(time.perf_counter() - started)
+
+
+router = APIRouter(tags=["observability"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus exposition of this gateway (all its processes in multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
