@@ -52,6 +52,7 @@ class WorkerSettings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
     redis_url: str = Field("", description="Redis to register in for discovery (redis://HOST:6379/0); empty: none.")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="Port of the worker's Prometheus metrics; 0: off.")
     advertise: str = Field(
         "", description="Endpoint gateways should connect to; empty: the bound one, with this host's name."
     )

@@ -23,6 +23,8 @@ from tandem.gateway.feature_store import FeatureStore, open_feature_store
 from tandem.gateway.hedging import HedgePolicy, parse_models
 from tandem.gateway.http_errors import install_error_handlers
 from tandem.gateway.limits import BodyLimitMiddleware
+from tandem.gateway.metrics import MetricsMiddleware
+from tandem.gateway.metrics import router as metrics_router
 from tandem.gateway.prediction_cache import PredictionCache
 from tandem.gateway.routes import recommendations, v2
 from tandem.gateway.state import GatewayState
@@ -93,8 +95,10 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     app.state.admission = admission
     app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # outermost: checked first
+    app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # checked first
+    app.add_middleware(MetricsMiddleware)  # outermost: every answer is counted, refusals included
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(recommendations.router)
+    app.include_router(metrics_router)
     return app

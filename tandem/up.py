@@ -48,9 +48,11 @@ class Stack:
         self.gateway_urls: list[str] = []
         self.env = child_environment({"TANDEM_HOME": str(options.home)})
 
-    def _spawn(self, name: str, *args: str, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, log_file: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         output = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (held by the child)
-        process = start(tandem_command(*args), env=self.env, output=output)
+        process = start(tandem_command(*args), env={**self.env, **(env or {})}, output=output)
         if output is not None:
             output.close()
         self.children.append((name, process))
@@ -87,6 +89,7 @@ class Stack:
         endpoints = []
         for index in range(self.options.workers):
             endpoint = f"tcp://{LOCALHOST}:{free_port()}"
+            metrics_port = free_port()
             self._spawn(
                 f"worker-{index}",
                 "worker",
@@ -98,7 +101,9 @@ class Stack:
                 self.registry_uri,
                 "--models",
                 DEMO_MODELS,
+                env={"TANDEM_METRICS_PORT": str(metrics_port)},
             )
+            log.info("worker-%d metrics at http://%s:%d/metrics", index, LOCALHOST, metrics_port)
             endpoints.append(endpoint)
         return endpoints
 

@@ -84,6 +84,10 @@ class LifecycleCounters:
         """``of(name)`` as a map."""
         return self.of(name).snapshot()
 
+    def snapshot_all(self) -> dict[str, dict[str, Any]]:
+        """Every model's counters as maps (a copy: safe to hand to another thread)."""
+        return {name: stats.snapshot() for name, stats in list(self._by_model.items())}
+
 
 class LiveVersions:
     """The version live for each served alias, and the versions rejected recently. Pure; the clock is injected."""

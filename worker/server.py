@@ -59,6 +59,7 @@ from tandem.common.wire import (
     encode,
     peek_request_id,
 )
+from tandem.worker import metrics
 from tandem.worker.batcher import Batch, Batcher, Clock
 from tandem.worker.discovery import register_forever
 from tandem.worker.latency import BatchLatencyModel
@@ -88,6 +89,7 @@ class _Job:
     rows: int
     outputs: list[int] | None
     answered: bool = False
+    received: float = 0.0
 
 
 class WorkerServer:
@@ -122,6 +124,7 @@ class WorkerServer:
         self._inflight = 0  # admitted and not yet answered: queued or computing (the pong's ``f``)
         self._running: list[_Job] = []
         self._latency = BatchLatencyModel()
+        self.models_snapshot: list[tuple[str, str, list[str]]] = []
         self._running_until = 0.0  # predicted end of the batch computing now (clock seconds)
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
@@ -240,7 +243,7 @@ class WorkerServer:
                 raise PayloadTooLarge(
                     f"request has {rows} rows; this worker queues at most {self.settings.max_queue_rows}"
                 )
-            job = _Job(identity, request, model, rows, outputs)
+            job = _Job(identity, request, model, rows, outputs, received=received)
             deadline = received + request.budget_ms / MS_PER_S
             self._shed_if_late(model.key, rows, received, deadline)
             token = (identity, request.request_id)
@@ -269,8 +272,9 @@ class WorkerServer:
                 started = self._clock()
                 self._running_until = started + (self._latency.predict(batch.key, batch.rows) or 0.0)
                 outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
-                self._latency.observe(batch.key, batch.rows, self._clock() - started)
-                self._record_batch(model, batch)
+                computed_s = self._clock() - started
+                self._latency.observe(batch.key, batch.rows, computed_s)
+                self._record_batch(model, batch, started, computed_s)
                 for job, tensors in zip(batch.items, outputs, strict=True):
                     await self._answer(job, tensors)
             except Exception as exc:
@@ -309,21 +313,38 @@ class WorkerServer:
                 f"{1000 * (deadline - now):.0f} ms left)"
             )
 
-    def _record_batch(self, model: LoadedModel, batch: Batch[_Job]) -> None:
-        """The one place batches are counted (a metrics exporter hooks here)."""
+    def _record_batch(self, model: LoadedModel, batch: Batch[_Job], started: float, computed_s: float) -> None:
+        """The one place batches are counted: pong stats and Prometheus metrics."""
         model.stats.record(batch.rows, len(batch.items))
         self.stats.record(batch.rows, len(batch.items))
+        metrics.BATCH_SIZE.labels(model.name).observe(batch.rows)
+        metrics.BATCH_REQUESTS.labels(model.name).observe(len(batch.items))
+        metrics.BATCH_COMPUTE.labels(model.name).observe(computed_s)
+        queue_wait = metrics.QUEUE_WAIT.labels(model.name)
+        for job in batch.items:
+            queue_wait.observe(max(0.0, started - job.received))
         log.debug("ran %s/%s: %d requests, %d rows", model.name, model.version, len(batch.items), batch.rows)
 
     def _pong(self, seq: int) -> Pong:
+        models = self.slots.describe(self.lifecycle.snapshot)
+        # Replaced whole, never mutated: the metrics scrape thread reads it.
+        self.models_snapshot = [(m["name"], str(m["version"]), list(m.get("aliases", []))) for m in models]
         return Pong(
             seq=seq,
             worker_id=self.settings.worker_id,
             ready=self.ready and not self.draining,
             queued_rows=self._batcher.queued_rows,
             inflight=self._inflight,
-            models=self.slots.describe(self.lifecycle.snapshot),
+            models=models,
+            expected_wait_ms=MS_PER_S * (self._expected_wait_s(self._clock()) or 0.0),
         )
+
+    def export_metrics(self) -> None:
+        """Serve this worker's Prometheus metrics on ``settings.metrics_port`` (0: off)."""
+        metrics.watch_live_state(lambda: self._batcher.queued_rows, lambda: self._inflight)
+        collector = metrics.LifecycleCollector(lambda: self.models_snapshot, self.lifecycle.snapshot_all)
+        metrics.watch_lifecycle(collector)
+        metrics.serve_metrics(self.settings.metrics_port)
 
     def _finish(self, job: _Job) -> None:
         job.answered = True
@@ -332,12 +353,14 @@ class WorkerServer:
 
     async def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
         self._finish(job)
+        metrics.WORKER_REQUESTS.labels(job.model.name, STATUS_OK).inc()
         selected = tensors if job.outputs is None else [tensors[i] for i in job.outputs]
         reply = Reply(job.request.request_id, STATUS_OK, job.model.name, version=job.model.version, outputs=selected)
         await self._send(job.identity, reply)
 
     async def _answer_error(self, job: _Job, error: TandemError) -> None:
         self._finish(job)
+        metrics.WORKER_REQUESTS.labels(job.model.name, error.code).inc()
         await self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
 
     async def _send(self, identity: bytes, message: Reply | Pong) -> None:
@@ -356,6 +379,7 @@ async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None
     server = WorkerServer(settings)
     registration: asyncio.Task[None] | None = None
     await server.start()
+    server.export_metrics()
     try:
         await server.load_models()
         log.info(

@@ -36,6 +36,7 @@ prediction cache from the settings, so an unknown step name fails the start, not
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -52,6 +53,7 @@ from tandem.common.errors import BadRequest, InternalError, error_from_code
 from tandem.common.features import build_rows, default_product, default_user
 from tandem.common.settings import GatewaySettings
 from tandem.common.wire import InferRequest, Tensor
+from tandem.gateway import metrics
 from tandem.gateway.deadlines import TIMEOUT_HEADER, Deadline, deadline_from_header
 from tandem.gateway.feature_store import FeatureLookup
 from tandem.gateway.postprocess import Candidate, Pipelines, StepContext
@@ -108,8 +110,12 @@ async def recommend(request: Request, body: RecommendationRequest) -> Response:
     if not candidates:
         return _answer(request, [], {"name": settings.ranker_model, "version": None}, {"catalog": True})
 
+    request.state.model = settings.ranker_model
     budget_s = min(settings.feature_timeout_ms / _MS_PER_S, deadline.remaining_s())
+    started = time.perf_counter()
     found = await state.features.lookup(body.user_id, candidates, timeout_s=budget_s)
+    metrics.FEATURE_LOOKUP_DURATION.labels(type(state.features).__name__).observe(time.perf_counter() - started)
+    _count_defaults(found)
     if found.failure is not None:
         items = [{"product_id": pid, "score": settings.fallback_score} for pid in candidates[: body.k]]
         defaulted = {"user": True, "features": found.failure, "scores": "fallback"}
@@ -131,6 +137,7 @@ async def recommend(request: Request, body: RecommendationRequest) -> Response:
     context = StepContext(model=settings.ranker_model, k=body.k, user=user, max_per_category=settings.max_per_category)
     ranked = recommender.pipelines.for_model(settings.ranker_model).run(scored, context)
     items = [{"product_id": c.product_id, "score": c.score} for c in ranked]
+    request.state.model_version = model["version"]
     return _answer(request, items, model, _defaulted(found))
 
 
@@ -162,6 +169,16 @@ async def _score(
     if scores.size != len(rows):
         raise InternalError(f"model returned {scores.size} scores for {len(rows)} candidates")
     return scores.tolist(), {"name": reply.model or model, "version": reply.version}
+
+
+def _count_defaults(found: FeatureLookup) -> None:
+    if found.failure is not None:
+        metrics.FEATURE_FAILURES.labels(found.failure).inc()
+        return
+    if found.user is None:
+        metrics.FEATURE_FAILURES.labels("unknown_user").inc()
+    if found.missing_products:
+        metrics.FEATURE_FAILURES.labels("unknown_product").inc(len(found.missing_products))
 
 
 def _defaulted(found: FeatureLookup) -> dict[str, Any]:

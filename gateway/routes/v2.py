@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -129,7 +130,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     )
     check_infer_limits(parsed, settings)
     reply = await request.app.state.traffic.infer(
-        state.pool.infer,
+        partial(state.prediction_cache.infer, state.pool),
         state.pool,
         InferRequest(request_id="", model=model, version=version, budget_ms=0.0, inputs=parsed.inputs),
         deadline,
@@ -137,6 +138,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     )
     if not reply.ok:
         raise error_from_code(reply.status, reply.error)
+    request.state.model_version = reply.version
     content, json_length = build_infer_response(
         model_name=model,
         model_version=reply.version,

@@ -67,7 +67,7 @@ class Stack:
                 *self.worker_args,
                 *extra,
             ),
-            env=child_environment({"TANDEM_TORCH_THREADS": "1", **(env or {})}),
+            env=child_environment({"TANDEM_TORCH_THREADS": "1", "TANDEM_METRICS_PORT": "0", **(env or {})}),
             output=log,
         )
         self.workers[endpoint] = process
