@@ -53,6 +53,11 @@ class WorkerSettings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
     redis_url: str = Field("", description="Redis to register in for discovery (redis://HOST:6379/0); empty: none.")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Port of the worker's Prometheus metrics; 0: off.")
+    trace_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where spans go: none (tracing off), console, or otlp (to otlp_endpoint)."
+    )
+    otlp_endpoint: str = Field("", description="OTLP/HTTP collector base URL, e.g. http://otel-collector:4318.")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces recorded (parent-based).")
     advertise: str = Field(
         "", description="Endpoint gateways should connect to; empty: the bound one, with this host's name."
     )
@@ -94,6 +99,9 @@ class WorkerSettings(BaseSettings):
     privacy_salt: SecretStr = Field(
         SecretStr(""), description="Secret key of identifier hashes in logs; the same in every process; empty: random."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines as JSON objects, one per line (common/logs.py), or as plain text."
+    )
 
     def resolved_registry_uri(self) -> str:
         """The registry URI, defaulting to the embedded sqlite store."""
@@ -127,6 +135,11 @@ class GatewaySettings(BaseSettings):
         16, ge=0, description="A hedge goes only to a worker with at most this many rows queued."
     )
     max_inflight: int = Field(4096, ge=1, description="Requests one gateway process holds at once; past it 503.")
+    trace_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where spans go: none (tracing off), console, or otlp (to otlp_endpoint)."
+    )
+    otlp_endpoint: str = Field("", description="OTLP/HTTP collector base URL, e.g. http://otel-collector:4318.")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces recorded (parent-based).")
     discovery: Literal["static", "redis"] = Field(
         "static", description="'static': the workers list; 'redis': workers register in Redis."
     )
@@ -193,6 +206,20 @@ class GatewaySettings(BaseSettings):
         SecretStr(""), description="Secret key of identifier hashes in logs; the same in every process; empty: random."
     )
     processes: int = Field(1, ge=1, description="Gateway processes sharing the port.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines as JSON objects, one per line (common/logs.py), or as plain text."
+    )
+    # Drift of live traffic against each model version's training reference (gateway/drift.py).
+    drift_sample_rows: int = Field(
+        64, ge=0, description="Most rows of one request sampled for drift monitoring; 0: drift monitoring off."
+    )
+    drift_sample_every: int = Field(1, ge=1, description="Sample one request in this many per model version.")
+    drift_half_life_rows: float = Field(
+        20000.0, gt=0, description="Sampled rows after which a row's weight in the live drift histograms halves."
+    )
+    drift_min_rows: int = Field(
+        10000, ge=1, description="Rows sampled for a model version before its PSI is exported (fewer read noisy)."
+    )
 
     def worker_endpoints(self) -> list[str]:
         """The worker endpoints to connect to."""

@@ -15,10 +15,12 @@ from fastapi import FastAPI
 
 from tandem import __version__
 from tandem.common.curve import CurveClientConfig
+from tandem.common.privacy import IdHasher
 from tandem.common.settings import GatewaySettings
 from tandem.gateway.admission import Admission, AdmissionMiddleware
 from tandem.gateway.auth import AuthMiddleware, AuthPolicy
 from tandem.gateway.discovery import RedisDiscovery
+from tandem.gateway.drift import DriftMonitor, pool_references
 from tandem.gateway.feature_store import FeatureStore, open_feature_store
 from tandem.gateway.hedging import HedgePolicy, parse_models
 from tandem.gateway.http_errors import install_error_handlers
@@ -26,8 +28,10 @@ from tandem.gateway.limits import BodyLimitMiddleware
 from tandem.gateway.metrics import MetricsMiddleware
 from tandem.gateway.metrics import router as metrics_router
 from tandem.gateway.prediction_cache import PredictionCache
+from tandem.gateway.request_log import RequestLogMiddleware
 from tandem.gateway.routes import recommendations, v2
 from tandem.gateway.state import GatewayState
+from tandem.gateway.tracing import TracingMiddleware
 from tandem.gateway.worker_client import WorkerPool
 
 STATIC_DISCOVERY = "static"
@@ -87,6 +91,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
                 pool=pool,
                 features=store,
                 prediction_cache=PredictionCache.from_settings(settings),
+                drift=DriftMonitor.from_settings(settings, pool_references(pool)),
             )
             yield
 
@@ -97,6 +102,9 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # checked first
     app.add_middleware(MetricsMiddleware)  # outermost: every answer is counted, refusals included
+    app.state.id_hasher = IdHasher.from_settings(settings)  # routes hash user ids for the request log with it
+    app.add_middleware(RequestLogMiddleware, hasher=app.state.id_hasher)  # one JSON line per request, refusals too
+    app.add_middleware(TracingMiddleware)
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(recommendations.router)

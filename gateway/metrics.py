@@ -60,6 +60,11 @@ FEATURE_LOOKUP_DURATION = Histogram(
 FEATURE_FAILURES = Counter(
     "tandem_feature_failures_total", "Feature lookups that failed or were defaulted, by kind.", ["kind"]
 )
+FEATURE_DRIFT_PSI = Gauge(
+    "tandem_feature_drift_psi",
+    "PSI of live inputs against the version's training reference, by column; feature __score__: its output.",
+    ["model", "version", "feature"], multiprocess_mode="livemostrecent",
+)  # fmt: skip
 
 
 def _route_labels(scope: Scope) -> tuple[str, str, str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from tandem.common.settings import GatewaySettings
+from tandem.gateway.drift import DriftMonitor
 from tandem.gateway.feature_store import FeatureStore
 from tandem.gateway.prediction_cache import PredictionCache
 from tandem.gateway.worker_client import WorkerPool
@@ -18,6 +19,7 @@ class GatewayState:
     pool: WorkerPool
     features: FeatureStore
     prediction_cache: PredictionCache
+    drift: DriftMonitor
 
 
 def gateway_state(request: Request) -> GatewayState:

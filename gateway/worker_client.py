@@ -24,15 +24,18 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
+from opentelemetry.trace import Span, StatusCode
 from zmq.utils.monitor import parse_monitor_message
 
 from tandem.common import wire
 from tandem.common.curve import CurveClientConfig, secure_client
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
+from tandem.common.tracing import inject, tracer
 from tandem.common.wire import Cancel, InferRequest, Ping, Pong, Reply, WireError
 from tandem.gateway import metrics
 from tandem.gateway.deadlines import Deadline
@@ -40,6 +43,7 @@ from tandem.gateway.hedging import HedgePolicy
 from tandem.gateway.pending import PendingReplies, WorkerLost
 
 log = logging.getLogger("tandem.gateway.workers")
+_TRACER = tracer("tandem.gateway")
 
 SEND_HWM = 100_000
 DEFAULT_HEDGE_MAX_QUEUED_ROWS = 16
@@ -84,6 +88,23 @@ class WorkerLink:
         """Close both sockets without waiting for unsent messages."""
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One copy of a request in flight on one worker, and its trace span."""
+
+    attempt_id: str
+    link: WorkerLink
+    hedge: bool
+    span: Span
+
+    def end(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
+        if cancelled:
+            self.span.set_attribute("tandem.cancelled", True)
+        elif error is not None:
+            self.span.set_status(StatusCode.ERROR, str(error))
+        self.span.end()
 
 
 class WorkerPool:
@@ -249,7 +270,7 @@ class WorkerPool:
         if hedging is not None:
             hedging.on_request()
         tried: set[WorkerLink] = set()
-        attempts: dict[asyncio.Future[Reply], tuple[str, WorkerLink, bool]] = {}
+        attempts: dict[asyncio.Future[Reply], _Attempt] = {}
         may_hedge = hedging is not None
         first_sent_at = 0.0
         try:
@@ -269,7 +290,7 @@ class WorkerPool:
                 if not done:
                     if hedge_delay_s is not None and not deadline.expired:
                         may_hedge = False
-                        busy = tried | {link for _, link, _ in attempts.values()}
+                        busy = tried | {attempt.link for attempt in attempts.values()}
                         target = self._hedge_target(request, busy)
                         if target is not None and hedging is not None and hedging.try_spend():
                             self._send_attempt(request, deadline, tried, attempts, hedge=True, link=target)
@@ -277,8 +298,10 @@ class WorkerPool:
                         continue
                     raise _deadline_error(deadline)
                 for future in done:
-                    _, link, was_hedge = attempts.pop(future)
+                    attempt = attempts.pop(future)
+                    link, was_hedge = attempt.link, attempt.hedge
                     error = future.exception()
+                    attempt.end(error)
                     if isinstance(error, WorkerLost):
                         tried.add(link)
                         self.retries += 1
@@ -287,7 +310,7 @@ class WorkerPool:
                     if error is not None:
                         raise error
                     reply = future.result()
-                    others = tried | {link} | {other for _, other, _ in attempts.values()}
+                    others = tried | {link} | {other.link for other in attempts.values()}
                     if reply.status == Overloaded.code and (
                         attempts or self.pick(request.model, request.version, others)
                     ):
@@ -305,16 +328,17 @@ class WorkerPool:
                             hedging.hedges_won += 1
                     return reply
         finally:
-            for attempt_id, link, _ in attempts.values():
-                self._pending.discard(attempt_id)
-                self._send_quietly(link, Cancel(attempt_id))
+            for attempt in attempts.values():
+                attempt.end(cancelled=True)
+                self._pending.discard(attempt.attempt_id)
+                self._send_quietly(attempt.link, Cancel(attempt.attempt_id))
 
     def _send_attempt(
         self,
         request: InferRequest,
         deadline: Deadline,
         tried: set[WorkerLink],
-        attempts: dict[asyncio.Future[Reply], tuple[str, WorkerLink, bool]],
+        attempts: dict[asyncio.Future[Reply], _Attempt],
         *,
         hedge: bool,
         link: WorkerLink | None = None,
@@ -323,7 +347,7 @@ class WorkerPool:
         shed = False
         while True:
             if link is None:
-                busy = tried | {other for _, other, _ in attempts.values()}
+                busy = tried | {other.link for other in attempts.values()}
                 link = self.pick(request.model, request.version, busy)
             if link is None:
                 if shed:
@@ -343,16 +367,22 @@ class WorkerPool:
                 link = None
                 continue
             attempt_id, future = self._pending.register(link)
+            span = _TRACER.start_span(
+                "tandem.worker_call",
+                attributes={"tandem.model": request.model, "tandem.worker": link.endpoint, "tandem.hedge": hedge},
+            )
             request.request_id = attempt_id
             request.budget_ms = remaining_ms
+            request.trace = inject(span)
             # Encoded now: the request object is reused, with another id, by a hedge or a retry.
             if not _send_now(link.socket, wire.encode(request)):
                 # Not connected (IMMEDIATE) or its queue is full: try another worker.
                 self._pending.discard(attempt_id)
+                span.end()
                 tried.add(link)
                 link = None
                 continue
-            attempts[future] = (attempt_id, link, hedge)
+            attempts[future] = _Attempt(attempt_id, link, hedge, span)
             return link
 
     def _send_quietly(self, link: WorkerLink, message: wire.Message) -> None:

@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from tandem.common.datatypes import BYTES, datatype_of, numpy_dtype
+from tandem.common.drift import BadReference, find_reference
 from tandem.common.errors import BadRequest, NotFound, TandemError
 from tandem.worker.runner import BF16, retire, run_batch, tensor_of, validate
 from tandem.worker.stats import BatchStats
@@ -92,6 +93,8 @@ class LoadedModel:
     outputs: list[TensorSignature]
     nbytes: int
     stats: BatchStats = field(default_factory=BatchStats)
+    drift_reference: dict[str, Any] | None = None
+    """The version's training distribution (``common/drift.py``, a few KB), when it was registered with one."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -108,6 +111,7 @@ class LoadedModel:
             "inputs": [spec.describe() for spec in self.inputs],
             "outputs": [spec.describe() for spec in self.outputs],
             "stats": self.stats.snapshot(),
+            **({"drift_reference": self.drift_reference} if self.drift_reference is not None else {}),
         }
 
 
@@ -253,6 +257,7 @@ def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
         raise CandidateRejected(f"cannot read the model's metadata: {type(exc).__name__}: {exc}") from exc
     inputs, outputs = _signature(metadata)
     example = _input_example(metadata, local)
+    reference = _drift_reference(candidate)
     try:
         module = mlflow_pytorch.load_model(local, map_location=device)
     except Exception as exc:  # deserializing runs arbitrary code from the artifact
@@ -269,6 +274,7 @@ def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
         inputs=inputs,
         outputs=outputs,
         nbytes=sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers())),
+        drift_reference=reference,
     )
     del module  # ``model`` holds the only reference, so ``retire`` can free it
     try:
@@ -348,6 +354,15 @@ def _signature(metadata: Model) -> tuple[list[TensorSignature], list[TensorSigna
             # Requests are concatenated along dim 0, which needs every other dim fixed.
             raise CandidateRejected(f"input {spec.name!r} has a variable non-batch dimension: {spec.shape}")
     return inputs, outputs
+
+
+def _drift_reference(candidate: Candidate) -> dict[str, Any] | None:
+    """The version's drift reference, if it has one; a malformed one is logged and ignored (it only feeds metrics)."""
+    try:
+        return find_reference(candidate.local)
+    except BadReference as exc:
+        log.warning("%s version %s: drift reference ignored: %s", candidate.name, candidate.version, exc)
+        return None
 
 
 def _input_example(metadata: Model, local: str) -> Any:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import zmq
 import zmq.asyncio
+from opentelemetry.trace import Link
 
 from tandem.common.curve import secure_server
 from tandem.common.discovery import advertised_endpoint
@@ -47,7 +48,9 @@ from tandem.common.errors import (
     TandemError,
     WireError,
 )
+from tandem.common.logs import configure_logging
 from tandem.common.settings import WorkerSettings
+from tandem.common.tracing import extract, setup_tracing, tracer
 from tandem.common.wire import (
     Cancel,
     InferRequest,
@@ -71,6 +74,7 @@ from tandem.worker.stats import BatchStats
 from tandem.worker.swap import registry_watcher
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("tandem.worker")
 
 SHED_SAFETY_FACTOR = 1.25
 """Admission refuses a request unless its predicted wait and compute, times this, fit its budget."""
@@ -90,6 +94,7 @@ class _Job:
     outputs: list[int] | None
     answered: bool = False
     received: float = 0.0
+    received_ns: int = 0  # wall clock, for trace spans
 
 
 class WorkerServer:
@@ -243,7 +248,7 @@ class WorkerServer:
                 raise PayloadTooLarge(
                     f"request has {rows} rows; this worker queues at most {self.settings.max_queue_rows}"
                 )
-            job = _Job(identity, request, model, rows, outputs, received=received)
+            job = _Job(identity, request, model, rows, outputs, received=received, received_ns=time.time_ns())
             deadline = received + request.budget_ms / MS_PER_S
             self._shed_if_late(model.key, rows, received, deadline)
             token = (identity, request.request_id)
@@ -270,11 +275,13 @@ class WorkerServer:
                 model = batch.items[0].model
                 inputs = [job.request.inputs for job in batch.items]
                 started = self._clock()
+                started_ns = time.time_ns()
                 self._running_until = started + (self._latency.predict(batch.key, batch.rows) or 0.0)
                 outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
                 computed_s = self._clock() - started
                 self._latency.observe(batch.key, batch.rows, computed_s)
                 self._record_batch(model, batch, started, computed_s)
+                trace_batch(model, batch.items, started_ns, time.time_ns())
                 for job, tensors in zip(batch.items, outputs, strict=True):
                     await self._answer(job, tensors)
             except Exception as exc:
@@ -368,6 +375,34 @@ class WorkerServer:
             await self._socket.send_multipart([identity, *encode(message)], copy=False)
 
 
+def trace_batch(model: LoadedModel, jobs: list[_Job], started_ns: int, ended_ns: int) -> None:
+    """Spans of a batch whose requests carried a trace: each request's queue wait, and the batch linked to all.
+
+    Recorded after the fact with explicit timestamps, so tracing adds no work inside the batch.
+    """
+    traced = [(job, context) for job in jobs if (context := extract(job.request.trace)) is not None]
+    if not traced:
+        return
+    links = []
+    for job, context in traced:
+        wait = _TRACER.start_span("tandem.worker.queue_wait", context=context, start_time=job.received_ns)
+        wait.end(end_time=started_ns)
+        links.append(Link(wait.get_span_context()))
+    batch = _TRACER.start_span(
+        "tandem.worker.batch",
+        context=traced[0][1],
+        links=links,
+        start_time=started_ns,
+        attributes={
+            "tandem.model": model.name,
+            "tandem.version": model.version,
+            "tandem.batch.requests": len(jobs),
+            "tandem.batch.rows": sum(job.rows for job in jobs),
+        },
+    )
+    batch.end(end_time=ended_ns)
+
+
 def _error_reply(request: InferRequest, error: TandemError, version: str | None = None) -> Reply:
     return Reply(request.request_id, error.code, request.model, version=version, error=error.public_message())
 
@@ -406,7 +441,8 @@ async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None
 
 def run(settings: WorkerSettings) -> None:
     """Blocking entry point (``tandem worker``): serve until SIGTERM or SIGINT, then stop cleanly."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # a no-op when logging is configured
+    configure_logging(json=settings.log_format == "json")  # keeps the level ``tandem --log-level`` set
+    setup_tracing("tandem-worker", settings.trace_exporter, settings.otlp_endpoint, settings.trace_sample_ratio)
     asyncio.run(_serve_until_signalled(settings))
 
 

@@ -52,6 +52,7 @@ from starlette.responses import Response
 from tandem.common.errors import BadRequest, InternalError, error_from_code
 from tandem.common.features import build_rows, default_product, default_user
 from tandem.common.settings import GatewaySettings
+from tandem.common.tracing import tracer
 from tandem.common.wire import InferRequest, Tensor
 from tandem.gateway import metrics
 from tandem.gateway.deadlines import TIMEOUT_HEADER, Deadline, deadline_from_header
@@ -85,6 +86,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+_TRACER = tracer("tandem.gateway")
 router = APIRouter(tags=["products"], lifespan=_lifespan)
 
 
@@ -101,6 +103,7 @@ async def recommend(request: Request, body: RecommendationRequest) -> Response:
     """Rank candidate products for a user by predicted purchase likelihood."""
     state = gateway_state(request)
     settings = state.settings
+    request.state.user_hash = request.app.state.id_hasher.hash_id(body.user_id)  # for the request log
     deadline = deadline_from_header(
         request.headers.get(TIMEOUT_HEADER),
         default_ms=settings.request_timeout_ms,
@@ -113,7 +116,8 @@ async def recommend(request: Request, body: RecommendationRequest) -> Response:
     request.state.model = settings.ranker_model
     budget_s = min(settings.feature_timeout_ms / _MS_PER_S, deadline.remaining_s())
     started = time.perf_counter()
-    found = await state.features.lookup(body.user_id, candidates, timeout_s=budget_s)
+    with _TRACER.start_as_current_span("tandem.feature_lookup", attributes={"tandem.candidates": len(candidates)}):
+        found = await state.features.lookup(body.user_id, candidates, timeout_s=budget_s)
     metrics.FEATURE_LOOKUP_DURATION.labels(type(state.features).__name__).observe(time.perf_counter() - started)
     _count_defaults(found)
     if found.failure is not None:
@@ -168,6 +172,7 @@ async def _score(
     scores = reply.outputs[0].to_numpy().reshape(-1)
     if scores.size != len(rows):
         raise InternalError(f"model returned {scores.size} scores for {len(rows)} candidates")
+    state.drift.observe(model, reply.version, request.inputs, reply.outputs)
     return scores.tolist(), {"name": reply.model or model, "version": reply.version}
 
 

@@ -139,6 +139,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     if not reply.ok:
         raise error_from_code(reply.status, reply.error)
     request.state.model_version = reply.version
+    state.drift.observe(model, reply.version, parsed.inputs, reply.outputs)
     content, json_length = build_infer_response(
         model_name=model,
         model_version=reply.version,

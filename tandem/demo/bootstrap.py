@@ -1,8 +1,11 @@
 """Set up the running example: a synthetic yarn store in ``home/demo/`` and its models in the registry.
 
-``bootstrap`` writes the dataset, trains the ranker and registers, each under the alias ``champion``:
+``bootstrap`` writes the dataset, trains the ranker on its training split (``HOLDOUT_FRACTION`` of the
+interactions, ``dataset.split`` with the same seed, is held out for evaluation) and registers, each under the
+alias ``champion``:
 
-- ``ranker``: input ``features`` float32 ``(-1, NUM_FEATURES)``, output ``score`` float32 ``(-1,)``.
+- ``ranker``: input ``features`` float32 ``(-1, NUM_FEATURES)``, output ``score`` float32 ``(-1,)``; with the
+  drift reference of its training rows (columns named by ``FEATURE_NAMES``).
 - ``echo``: input ``x`` float32 ``(-1, 16)``, output ``y`` float32 ``(-1, 16)`` (returns its input).
 - ``sleeper``: input ``x`` float32 ``(-1, 4)``, output ``y`` float32 ``(-1,)``; sleeps 5 ms + 0.2 ms per row.
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.common.features import build_training_rows
+from tandem.common.features import FEATURE_NAMES, build_training_rows
 from tandem.common.settings import sqlite_registry_uri
 from tandem.demo import dataset as demo_dataset
 from tandem.demo.test_models import Echo, Sleeper
@@ -32,6 +35,7 @@ SLEEPER = "sleeper"
 CHAMPION = "champion"
 
 EXAMPLE_ROWS = 4  # rows in each registered input example
+HOLDOUT_FRACTION = 0.2
 ECHO_WIDTH = 16
 SLEEPER_WIDTH = 4
 SLEEPER_PER_BATCH_S = 0.005
@@ -52,8 +56,9 @@ def bootstrap(home: Path, registry_uri: str | None = None, *, force: bool = Fals
     data = demo_dataset.generate(seed=seed)
     demo_dataset.write(data, home)
 
-    logger.info("training the ranker on %d interactions", len(data.labels))
-    ranker = train_ranker(data, seed=seed)
+    train_idx, holdout_idx = demo_dataset.split(data, HOLDOUT_FRACTION, seed=seed)
+    logger.info("training the ranker on %d interactions (%d held out)", len(train_idx), len(holdout_idx))
+    ranker = train_ranker(data, train_idx, seed=seed)
     example = build_training_rows(
         data.users, data.products, data.user_idx[:EXAMPLE_ROWS], data.product_idx[:EXAMPLE_ROWS]
     )
@@ -63,7 +68,11 @@ def bootstrap(home: Path, registry_uri: str | None = None, *, force: bool = Fals
         name=RANKER,
         alias=CHAMPION,
         input_example=example,
-        tags={"seed": str(seed)},
+        tags={"seed": str(seed), "holdout_fraction": str(HOLDOUT_FRACTION)},
+        reference_rows=build_training_rows(
+            data.users, data.products, data.user_idx[train_idx], data.product_idx[train_idx]
+        ),
+        reference_names=FEATURE_NAMES,
     )
 
     rng = np.random.default_rng(seed)

@@ -3,6 +3,9 @@
 ``train_ranker`` fits a ``Ranker`` on rows from ``build_training_rows`` (the serving feature code), seeded and
 quick on a laptop CPU. ``register_model`` logs any ``torch.nn.Module`` with a tensor signature (the worker reads
 input/output names, dtypes and shapes from it) and registers it as a new version, optionally under an alias.
+Given ``reference_rows`` (the training rows), it also stores the version's drift reference (``drift_reference``:
+the binned distribution of each input column and of the model's outputs on those rows, ``common/drift.py``)
+as an extra file inside the logged model, so every worker's fetched copy carries it.
 
 Registry URIs: an ``sqlite:///...`` store keeps artifacts in a local directory (``artifacts/`` beside the
 database unless told otherwise); an ``http(s)://`` tracking server keeps them where the server says. Note that
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tandem.common.drift import REFERENCE_FILE, DriftReference, build_reference, write_reference
 from tandem.common.features import build_training_rows
 from tandem.demo.dataset import DemoDataset
 from tandem.demo.ranker import Ranker
@@ -123,13 +128,16 @@ def register_model(
     output_shape: Sequence[int] = (-1,),
     artifacts_dir: Path | None = None,
     tags: dict[str, str] | None = None,
+    reference_rows: np.ndarray | None = None,
+    reference_names: Sequence[str] | None = None,
 ) -> str:
     """Log ``module`` (pickled) and register it as a new version of ``name``; returns the version, e.g. "3".
 
     The signature's input is ``input_name``, float32, shape ``(-1, *input_example.shape[1:])``; its output is
     ``output_name``, float32, ``output_shape``. ``alias`` (if given) moves to the new version; ``tags`` become
     model version tags. ``artifacts_dir`` only matters for an sqlite registry whose ``tandem`` experiment does
-    not exist yet.
+    not exist yet. ``reference_rows`` (training rows of the input) adds the drift reference; ``reference_names``
+    names the input's columns in it.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -144,7 +152,17 @@ def register_model(
     client = mlflow.MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
     experiment_id = _ensure_experiment(client, registry_uri, artifacts_dir)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run, _known_noise_muted():
+    with (
+        tempfile.TemporaryDirectory(prefix="tandem-register-") as scratch,
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run,
+        _known_noise_muted(),
+    ):
+        extra_files = None
+        if reference_rows is not None:
+            reference = drift_reference(
+                module, reference_rows, input_name=input_name, output_name=output_name, names=reference_names
+            )
+            extra_files = [str(write_reference(reference, Path(scratch) / REFERENCE_FILE))]
         info = mlflow.pytorch.log_model(
             module,
             name=LOGGED_MODEL_NAME,
@@ -154,6 +172,7 @@ def register_model(
             # Explicit requirements skip mlflow's inference, which re-loads the model in a subprocess:
             # 2.8 s against 0.06 s per model. The worker runs in Tandem's own environment anyway.
             pip_requirements=[f"torch=={torch.__version__}", f"mlflow=={mlflow.__version__}"],
+            extra_files=extra_files,
         )
 
     _ensure_registered_model(client, name)
@@ -175,6 +194,21 @@ def register_model(
         time.perf_counter() - started,
     )
     return str(version.version)
+
+
+def drift_reference(
+    module: nn.Module,
+    rows: np.ndarray,
+    *,
+    input_name: str = "features",
+    output_name: str = "score",
+    names: Sequence[str] | None = None,
+) -> DriftReference:
+    """The binned distribution of ``rows`` (one input) and of ``module``'s output on them, for drift monitoring."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    with torch.inference_mode():
+        outputs = module(torch.from_numpy(rows)).float().cpu().numpy()
+    return build_reference({input_name: rows}, {output_name: outputs}, {input_name: names} if names else None)
 
 
 @contextmanager

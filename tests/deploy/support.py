@@ -37,8 +37,8 @@ DOCKERFILES = {"gateway": DEPLOY / "docker" / "Dockerfile.gateway", "worker": DE
 # TANDEM_* variables the deploy files set before the code reads them: settings being added in parallel (Redis
 # discovery, metrics, tracing). Each name is accepted only while it is not yet a field of the settings class
 # (the real fields are checked first); delete a name here once its field lands in common/settings.py.
-PENDING_WORKER_ENV = frozenset({"TANDEM_OTLP_ENDPOINT"})
-PENDING_GATEWAY_ENV = frozenset({"TANDEM_OTLP_ENDPOINT"})
+PENDING_WORKER_ENV: frozenset[str] = frozenset()
+PENDING_GATEWAY_ENV: frozenset[str] = frozenset()
 # Defaults the pending settings are agreed to have (the worker's Prometheus port).
 PENDING_DEFAULTS = {"TANDEM_METRICS_PORT": "9100"}
 # Subcommands the deploy files run before the CLI has them (`tandem features load`, being added in parallel):

@@ -192,7 +192,8 @@ def test_headers_past_the_limit_are_431_and_the_gateway_keeps_serving(secured: S
                 sent += 4096
         except OSError:
             pass  # the gateway closed the connection
-        assert sent < 1_000_000
+        # Loopback socket buffers absorb a few MB before the gateway reads; an unbounded parser takes it all.
+        assert sent < 10_000_000, "the gateway read an endless header line without closing"
     assert httpx.get(f"{secured.url}/v2", headers=_bearer(ALL_KEY)).status_code == 200
 
 

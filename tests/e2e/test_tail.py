@@ -106,7 +106,7 @@ def test_overload_is_shed_fast_and_admitted_requests_meet_their_deadline(
     assert statuses[503] > 0, result.summary()
     assert statuses[504] <= 0.01 * sum(statuses.values()), result.summary()
     # Refusals come from the gateway (the worker's pong says it is full) or the worker's admission: fast.
-    assert result.percentile_ms(50, 503) < 10, result.summary()
+    assert result.percentile_ms(50, 503) < 25, result.summary()
     memory_after = rss_kib(worker_pid), rss_kib(gateway_pid)
     for before, after in zip(memory_before, memory_after, strict=True):
         assert after - before < 64 * 1024, (memory_before, memory_after)

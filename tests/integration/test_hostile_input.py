@@ -316,7 +316,7 @@ async def _storm(url: str, model: str, rng: random.Random) -> dict[int, int]:
                     status = answer.status_code
                     if status >= 400 and method != "HEAD" and status != 431:
                         assert answer.json()["error"], (method, path, answer.text)
-                except httpx.RemoteProtocolError:
+                except (httpx.RemoteProtocolError, httpx.ReadError):
                     status = -1  # the server closed a connection it could not parse: allowed
                 statuses[status] = statuses.get(status, 0) + 1
 
