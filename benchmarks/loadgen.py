@@ -1,40 +1,76 @@
 """A lean HTTP/1.1 load generator on asyncio streams, so the client costs little CPU beside the server.
 
 Two modes: closed loop (``concurrency`` callers, each sending its next request when the last is answered) and
-open loop (Poisson arrivals at a fixed ``rate``, so a slow server cannot slow the offered load and hide its
-latency: no coordinated omission). Both are bounded in time and count and record every latency exactly.
+open loop (Poisson arrivals at a fixed ``rate_rps``, so a slow server cannot slow the offered load and hide its
+latency: no coordinated omission, latency counts from the *scheduled* arrival). Both are bounded in time and in
+count, and stop by themselves: requests still unanswered ``drain_s`` after the last send are cancelled and
+counted as ``errors["unanswered"]``. Every latency is kept, by status; transport failures are counted by kind
+(``errors``); ``summary()`` is the JSON-ready digest (throughput, goodput within a deadline, percentiles).
+
+It drives any POST endpoint with a fixed body: ``v2_body`` builds KServe V2 infer bodies (JSON or the binary
+tensor extension) and ``recommendation_body`` ``/v1/recommendations`` ones. As a command::
+
+    python -m benchmarks.loadgen http://127.0.0.1:8000/v2/models/ranker/infer --body-file req.json \\
+        --rate 500 --duration 10 --deadline-ms 100 --json out.json     # open loop; --concurrency N: closed
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import random
+import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 
 CONNECT_TIMEOUT_S = 5.0
+DRAIN_S = 10.0
+"""How long requests may stay unanswered after the last one is sent before they are cancelled."""
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+OK = 200
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
 class LoadResult:
+    """Everything one run observed. ``latencies_s`` holds every answered request's latency, in answer order."""
+
     latencies_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_by_status: dict[int, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    sent: int = 0
+    mode: str = ""
+    offered_rps: float | None = None
+    concurrency: int | None = None
 
     @property
     def ok(self) -> int:
         """Requests answered 200."""
-        return self.statuses.get(200, 0)
+        return self.statuses.get(OK, 0)
 
     @property
     def throughput(self) -> float:
         """Successful requests per second."""
         return self.ok / self.elapsed_s if self.elapsed_s else 0.0
+
+    def goodput(self, deadline_s: float) -> float:
+        """Requests per second answered 200 within ``deadline_s`` of their (scheduled) start."""
+        if not self.elapsed_s:
+            return 0.0
+        good = sum(1 for latency in self.latencies_by_status.get(OK, ()) if latency <= deadline_s)
+        return good / self.elapsed_s
 
     def record(self, status: int, latency_s: float) -> None:
         """One answered request."""
@@ -47,19 +83,41 @@ class LoadResult:
         samples = self.latencies_s if status is None else self.latencies_by_status.get(status, [])
         return float(np.percentile(samples, q) * 1000) if samples else float("nan")
 
-    def summary(self) -> dict[str, float | int | dict[str, int]]:
-        """Figures for JSON output."""
-        return {
+    def summary(self, deadline_s: float | None = None) -> dict[str, Any]:
+        """Figures for JSON output. ``p*_ms`` cover every answered request; ``latency_ms`` splits by status."""
+        figures: dict[str, Any] = {"mode": self.mode} if self.mode else {}
+        if self.offered_rps is not None:
+            figures["offered_rps"] = round(self.offered_rps, 1)
+        if self.concurrency is not None:
+            figures["concurrency"] = self.concurrency
+        figures |= {
+            "sent": self.sent,
             "requests": len(self.latencies_s),
             "ok": self.ok,
+            "elapsed_s": round(self.elapsed_s, 3),
             "throughput_rps": round(self.throughput, 1),
             "p50_ms": round(self.percentile_ms(50), 3),
+            "p90_ms": round(self.percentile_ms(90), 3),
             "p99_ms": round(self.percentile_ms(99), 3),
             "p999_ms": round(self.percentile_ms(99.9), 3),
-            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "max_ms": round(max(self.latencies_s) * 1000, 3) if self.latencies_s else float("nan"),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "latency_ms": {str(k): _percentiles_ms(v) for k, v in sorted(self.latencies_by_status.items())},
             "p99_ms_by_status": {str(k): round(self.percentile_ms(99, k), 3) for k in self.latencies_by_status},
             "errors": dict(self.errors),
         }
+        if deadline_s is not None:
+            figures["deadline_ms"] = round(deadline_s * 1000, 3)
+            figures["goodput_rps"] = round(self.goodput(deadline_s), 1)
+        return figures
+
+
+def _percentiles_ms(samples: Sequence[float]) -> dict[str, float]:
+    values = np.percentile(samples, list(PERCENTILES.values())) * 1000
+    return {name: round(float(v), 3) for name, v in zip(PERCENTILES, values, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------------ bodies
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
@@ -67,6 +125,37 @@ def build_request(host: str, port: int, path: str, body: bytes, headers: dict[st
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {"Content-Type": "application/json"}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def v2_body(inputs: dict[str, np.ndarray], *, binary: bool = False) -> tuple[bytes, dict[str, str]]:
+    """A V2 infer body over named arrays, and the headers it needs.
+
+    JSON puts each tensor's values in ``data``; ``binary`` uses the binary tensor extension for inputs and
+    asks for binary outputs (``Inference-Header-Content-Length`` names the JSON header's length).
+    """
+    from tandem.common.datatypes import datatype_of
+
+    specs = []
+    for name, array in inputs.items():
+        spec: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
+        if binary:
+            spec["parameters"] = {"binary_data_size": array.nbytes}
+        else:
+            spec["data"] = array.ravel()
+        specs.append(spec)
+    if not binary:
+        return orjson.dumps({"inputs": specs}, option=orjson.OPT_SERIALIZE_NUMPY), {"Content-Type": "application/json"}
+    header = orjson.dumps({"inputs": specs, "parameters": {"binary_data_output": True}})
+    raw = b"".join(np.ascontiguousarray(a).tobytes() for a in inputs.values())
+    return header + raw, {"Content-Type": "application/octet-stream", V2_HEADER_LENGTH: str(len(header))}
+
+
+def recommendation_body(user_id: str, candidates: Sequence[str], k: int) -> bytes:
+    """A ``/v1/recommendations`` body."""
+    return orjson.dumps({"user_id": user_id, "candidates": list(candidates), "k": k})
+
+
+# ------------------------------------------------------------------------------------------ connections
 
 
 class Connection:
@@ -99,34 +188,59 @@ class Connection:
         self.writer.close()
 
 
+_TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError)
+
+
+async def _bounded(tasks: list[asyncio.Task[None]], result: LoadResult, drain_s: float) -> None:
+    """Wait for ``tasks`` at most ``drain_s``; cancel and count the rest as unanswered."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=drain_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        result.errors["unanswered"] += len(pending)
+        await asyncio.wait(pending)
+
+
 async def closed_loop(
-    host: str, port: int, request: bytes, *, concurrency: int, duration_s: float, max_requests: int = 10**7
+    host: str,
+    port: int,
+    request: bytes,
+    *,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int = 10**7,
+    drain_s: float = DRAIN_S,
 ) -> LoadResult:
-    """``concurrency`` callers in a loop for ``duration_s`` (or ``max_requests`` in all)."""
-    result = LoadResult()
-    sent = 0
+    """``concurrency`` callers in a loop for ``duration_s`` (or ``max_requests`` sent in all)."""
+    result = LoadResult(mode="closed", concurrency=concurrency)
     stop_at = time.perf_counter() + duration_s
 
     async def caller() -> None:
-        nonlocal sent
-        connection = await Connection.open(host, port)
+        connection: Connection | None = None
         try:
-            while time.perf_counter() < stop_at and sent < max_requests:
-                sent += 1
+            while time.perf_counter() < stop_at and result.sent < max_requests:
+                result.sent += 1
                 started = time.perf_counter()
                 try:
+                    if connection is None:
+                        connection = await Connection.open(host, port)
                     status = await connection.roundtrip(request)
-                except (OSError, asyncio.IncompleteReadError) as exc:
+                except _TRANSPORT_ERRORS as exc:
                     result.errors[type(exc).__name__] += 1
-                    connection.close()
-                    connection = await Connection.open(host, port)
+                    if connection is not None:
+                        connection.close()
+                        connection = None
                     continue
                 result.record(status, time.perf_counter() - started)
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
     began = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+    await _bounded(tasks, result, duration_s + drain_s)
     result.elapsed_s = time.perf_counter() - began
     return result
 
@@ -140,9 +254,15 @@ async def open_loop(
     duration_s: float,
     seed: int = 1,
     max_connections: int = 512,
+    max_requests: int = 10**7,
+    drain_s: float = DRAIN_S,
 ) -> LoadResult:
-    """Poisson arrivals at ``rate_rps`` for ``duration_s``; latency counts from the scheduled arrival."""
-    result = LoadResult()
+    """Poisson arrivals at ``rate_rps`` for ``duration_s`` (or ``max_requests``); latency from scheduled arrival.
+
+    An arrival that finds all ``max_connections`` busy is counted as ``errors["no_connection"]`` (the client,
+    not the server, ran out), so keep it well above rate x latency.
+    """
+    result = LoadResult(mode="open", offered_rps=rate_rps)
     rng = random.Random(seed)
     idle: list[Connection] = []
     opened = 0
@@ -154,30 +274,98 @@ async def open_loop(
             connection = idle.pop()
         elif opened < max_connections:
             opened += 1
-            connection = await Connection.open(host, port)
+            try:
+                connection = await Connection.open(host, port)
+            except _TRANSPORT_ERRORS as exc:
+                opened -= 1
+                result.errors[type(exc).__name__] += 1
+                return
         else:
             result.errors["no_connection"] += 1
             return
         try:
             status = await connection.roundtrip(request)
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             result.errors[type(exc).__name__] += 1
             connection.close()
             opened -= 1
             return
+        except asyncio.CancelledError:
+            connection.close()
+            raise
         result.record(status, time.perf_counter() - scheduled)
         idle.append(connection)
 
     began = time.perf_counter()
     next_at = began
-    while next_at < began + duration_s:
+    while next_at < began + duration_s and result.sent < max_requests:
         delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        result.sent += 1
         tasks.append(asyncio.create_task(one(next_at)))
         next_at += rng.expovariate(rate_rps)
-    await asyncio.gather(*tasks)
+    await _bounded(tasks, result, drain_s)
     result.elapsed_s = time.perf_counter() - began
     for connection in idle:
         connection.close()
     return result
+
+
+def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a load coroutine on uvloop when installed (a cheaper client), else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.loadgen URL ...``: one open- or closed-loop run, printed and optionally saved."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="http://HOST:PORT/PATH to POST to")
+    body = parser.add_mutually_exclusive_group(required=True)
+    body.add_argument("--body", help="request body (a JSON string)")
+    body.add_argument("--body-file", type=Path, help="file holding the request body")
+    parser.add_argument("--header", action="append", default=[], help="NAME: VALUE (repeatable)")
+    load = parser.add_mutually_exclusive_group(required=True)
+    load.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    load.add_argument("--concurrency", type=int, help="closed loop: callers")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
+    parser.add_argument("--max-requests", type=int, default=10**7, help="stop after sending this many")
+    parser.add_argument("--deadline-ms", type=float, help="report goodput: 200s answered within this")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    args = parser.parse_args(argv)
+
+    url = urlsplit(args.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    payload = args.body.encode() if args.body is not None else args.body_file.read_bytes()
+    headers = {"Content-Type": "application/json"}
+    headers |= dict(h.split(":", 1) for h in args.header)
+    request = build_request(host, port, url.path or "/", payload, {k.strip(): v.strip() for k, v in headers.items()})
+    if args.rate is not None:
+        coroutine = open_loop(
+            host, port, request, rate_rps=args.rate, duration_s=args.duration, seed=args.seed,
+            max_requests=args.max_requests,
+        )  # fmt: skip
+    else:
+        coroutine = closed_loop(
+            host, port, request, concurrency=args.concurrency, duration_s=args.duration,
+            max_requests=args.max_requests,
+        )  # fmt: skip
+    result = run(coroutine)
+    summary = result.summary(args.deadline_ms / 1000 if args.deadline_ms else None)
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

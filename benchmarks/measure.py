@@ -1,0 +1,180 @@
+"""Measurement phases run against one system: one client, saturation, an open-loop sweep, a fixed rate.
+
+A ``Workload`` is what is sent (a body, its headers, the model it names); a ``Server`` (``benchmarks/stack.py``)
+says where. Every phase returns the load generator's JSON-ready summary, with the goodput at the workload's
+deadline. Nothing here judges the figures: ``benchmarks/targets.py`` does.
+
+Deadlines: saturation and sweep requests carry a generous ``X-Request-Timeout-Ms`` (``SOAK_TIMEOUT_MS``) so that no
+system's own shedding changes what is measured, and goodput is counted client-side at ``workload.deadline_ms``;
+the overload phase sends ``workload.deadline_ms`` itself, so a system that sheds by deadline may.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.loadgen import build_request, closed_loop, open_loop, run
+from benchmarks.stack import Server
+
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+SOAK_TIMEOUT_MS = 20000
+SUSTAINED_RATIO = 0.95
+"""A rate is sustained when at least this share of the requests sent came back 200 ..."""
+KEPT_UP_RATIO = 0.9
+"""... and 200s came back at no less than this share of the rate requests were sent at."""
+MAX_CONNECTIONS = 1024
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A fixed request: ``body`` and ``headers`` POSTed to each system's path for ``model``."""
+
+    name: str
+    model: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    deadline_ms: float = 1000.0
+    path: str | None = None
+    """A fixed path (e.g. ``/v1/recommendations``) instead of the server's V2 infer path."""
+
+
+@dataclass(frozen=True)
+class Durations:
+    """Seconds per phase; ``scaled`` shortens them all for ``--quick``."""
+
+    warmup_s: float = 2.0
+    one_client_s: float = 4.0
+    saturate_s: float = 4.0
+    sweep_s: float = 4.0
+    tail_s: float = 10.0
+    overload_s: float = 6.0
+
+    def scaled(self, factor: float) -> Durations:
+        return Durations(**{name: value * factor for name, value in self.__dict__.items()})
+
+
+def _request(server: Server, workload: Workload, timeout_ms: float) -> bytes:
+    path = workload.path or server.path_for(workload.model)
+    headers = {**workload.headers, TIMEOUT_HEADER: str(int(timeout_ms))}
+    return build_request(server.host, server.port, path, workload.body, headers)
+
+
+def closed(
+    server: Server, workload: Workload, concurrency: int, duration_s: float, timeout_ms: float = SOAK_TIMEOUT_MS
+) -> dict[str, Any]:
+    """``concurrency`` closed-loop clients for ``duration_s``."""
+    request = _request(server, workload, timeout_ms)
+    cpu_before = server.cpu_s()
+    result = run(closed_loop(server.host, server.port, request, concurrency=concurrency, duration_s=duration_s))
+    return _with_cpu(result.summary(workload.deadline_ms / 1000), server.cpu_s() - cpu_before, result.elapsed_s)
+
+
+def _with_cpu(summary: dict[str, Any], cpu_s: float, elapsed_s: float) -> dict[str, Any]:
+    """Add the server's CPU use: cores busy on average, and CPU microseconds per answered request."""
+    answered = summary["requests"]
+    summary["server_cpu_cores"] = round(cpu_s / elapsed_s, 3) if elapsed_s else float("nan")
+    summary["server_cpu_us_per_request"] = round(cpu_s / answered * 1e6, 1) if answered else float("nan")
+    return summary
+
+
+def at_rate(
+    server: Server, workload: Workload, rate_rps: float, duration_s: float, *, timeout_ms: float = SOAK_TIMEOUT_MS,
+    seed: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    """Open-loop Poisson arrivals at ``rate_rps`` for ``duration_s``."""
+    request = _request(server, workload, timeout_ms)
+    cpu_before = server.cpu_s()
+    result = run(
+        open_loop(
+            server.host, server.port, request, rate_rps=rate_rps, duration_s=duration_s, seed=seed,
+            max_connections=MAX_CONNECTIONS,
+        )
+    )  # fmt: skip
+    summary = _with_cpu(result.summary(workload.deadline_ms / 1000), server.cpu_s() - cpu_before, result.elapsed_s)
+    # Sustained: nearly every request answered 200, and answered about as fast as they were sent (a backlog
+    # that only drains after the sending stops shows as throughput well under the rate actually offered).
+    sent_rps = result.sent / duration_s
+    summary["sent_rps"] = round(sent_rps, 1)
+    summary["sustained"] = bool(
+        result.sent and result.ok >= SUSTAINED_RATIO * result.sent and result.throughput >= KEPT_UP_RATIO * sent_rps
+    )
+    return summary
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a comparison: a system, what it is sent, the concurrencies tried, whether it is swept."""
+
+    label: str
+    server: Server
+    workload: Workload
+    concurrencies: tuple[int, ...]
+    swept: bool = True
+
+
+def representative(runs: list[dict[str, Any]], key: str = "p50_ms") -> dict[str, Any]:
+    """The run with the median ``key`` (with two runs, the lower one: the one least disturbed by other tenants)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def compare(
+    entries: list[Entry], durations: Durations, *, rounds: int, fractions: Sequence[float] = (),
+    long_fraction: float | None = None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Measure every entry with its phases interleaved, so a noisy minute hits every system alike.
+
+    Per entry: a warm-up; ``rounds`` one-client runs (``one_client`` is ``representative`` of them); saturation
+    (``rounds`` rounds, the first trying every concurrency, the later ones the best so far; ``max_rps`` is the
+    best run); then, for swept entries, one open-loop point per fraction of the entry's own ``max_rps``, the
+    entries taking turns at each fraction. Every run is kept in the result.
+    """
+    for entry in entries:
+        closed(entry.server, entry.workload, max(entry.concurrencies), durations.warmup_s)
+    figures: dict[str, dict[str, Any]] = {
+        e.label: {"system": e.server.name, "workload": e.workload.name} for e in entries
+    }
+    one_client: dict[str, list[dict[str, Any]]] = {e.label: [] for e in entries}
+    saturation: dict[str, list[dict[str, Any]]] = {e.label: [] for e in entries}
+    for round_index in range(rounds):
+        for entry in entries:
+            one_client[entry.label].append(closed(entry.server, entry.workload, 1, durations.one_client_s))
+        for entry in entries:
+            runs = saturation[entry.label]
+            tried = entry.concurrencies if round_index == 0 else (_best(runs)["concurrency"],)
+            runs += [closed(entry.server, entry.workload, c, durations.saturate_s) for c in tried]
+    for entry in entries:
+        best = _best(saturation[entry.label])
+        figures[entry.label]["one_client"] = representative(one_client[entry.label])
+        figures[entry.label]["one_client_runs"] = one_client[entry.label]
+        figures[entry.label]["saturation"] = {
+            "max_rps": best["throughput_rps"],
+            "best_concurrency": best["concurrency"],
+            "runs": saturation[entry.label],
+        }
+    swept = [e for e in entries if e.swept]
+    for entry in swept:
+        figures[entry.label]["sweep"] = []
+    for fraction in sorted(fractions):
+        seconds = durations.tail_s if fraction == long_fraction else durations.sweep_s
+        for entry in swept:
+            max_rps = figures[entry.label]["saturation"]["max_rps"]
+            point = at_rate(entry.server, entry.workload, fraction * max_rps, seconds, seed=int(fraction * 1000))
+            point["fraction"] = fraction
+            figures[entry.label]["sweep"].append(point)
+    return figures
+
+
+def paired_rate(entries: list[Entry], rate_rps: float, duration_s: float, rounds: int) -> dict[str, dict[str, Any]]:
+    """Every entry at the same open-loop rate, taking turns for ``rounds`` rounds; each entry's median run."""
+    runs: dict[str, list[dict[str, Any]]] = {e.label: [] for e in entries}
+    for round_index in range(rounds):
+        for entry in entries:
+            runs[entry.label].append(at_rate(entry.server, entry.workload, rate_rps, duration_s, seed=11 + round_index))
+    return {label: {**representative(each), "runs": each} for label, each in runs.items()}
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: r["throughput_rps"])

@@ -1,0 +1,125 @@
+"""The load generator against the B1 and B2 baselines, about a second each: the JSON it writes has its shape.
+
+No timing is asserted: these run on shared machines. The servers run in this process on uvicorn threads (B1
+serving the ``Echo`` test model, so no registry is needed); ``make bench`` runs them as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from benchmarks import loadgen
+from benchmarks.baselines import echo, naive
+from tandem.demo.test_models import Echo
+from tests.support.ports import LOCALHOST, free_port
+
+START_TIMEOUT_S = 20.0
+PATH = "/v2/models/echo/infer"
+LATENCY_KEYS = {"p50", "p90", "p99", "p999"}
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[int]:
+    """``app`` on a free port in a uvicorn thread for the block's duration; yields the port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=LOCALHOST, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(START_TIMEOUT_S)
+
+
+@pytest.fixture(params=["B1", "B2"])
+def baseline(request: pytest.FixtureRequest) -> Iterator[int]:
+    app = naive.create_app(Echo(), "echo") if request.param == "B1" else echo.create_app()
+    with serving(app) as port:
+        yield port
+
+
+def body() -> tuple[bytes, dict[str, str]]:
+    return loadgen.v2_body({"x": np.arange(16, dtype=np.float32)[None, :]})
+
+
+def check_summary(summary: dict, mode: str) -> None:
+    assert summary["mode"] == mode
+    assert summary["sent"] >= summary["requests"] == summary["ok"] > 0
+    assert summary["statuses"] == {"200": summary["ok"]}
+    assert summary["errors"] == {}
+    assert set(summary["latency_ms"]["200"]) == LATENCY_KEYS
+    assert summary["throughput_rps"] > 0 and summary["goodput_rps"] <= summary["throughput_rps"]
+    json.dumps(summary, allow_nan=False)  # JSON as written to benchmarks/results
+
+
+def test_closed_and_open_loop_summaries_have_their_shape(baseline: int) -> None:
+    payload, headers = body()
+    request = loadgen.build_request(LOCALHOST, baseline, PATH, payload, headers)
+    closed = asyncio.run(loadgen.closed_loop(LOCALHOST, baseline, request, concurrency=2, duration_s=0.5))
+    check_summary(closed.summary(deadline_s=1.0), "closed")
+    assert closed.summary()["concurrency"] == 2
+    opened = asyncio.run(loadgen.open_loop(LOCALHOST, baseline, request, rate_rps=200, duration_s=0.5))
+    summary = opened.summary(deadline_s=1.0)
+    check_summary(summary, "open")
+    assert summary["offered_rps"] == 200
+
+
+def test_b1_answers_a_v2_response_and_b2_echoes() -> None:
+    payload, headers = body()
+    for app, check in (
+        (naive.create_app(Echo(), "echo"), lambda answer: answer["outputs"][0]["data"] == list(range(16))),
+        (echo.create_app(), lambda answer: answer == json.loads(payload)),
+    ):
+        with serving(app) as port:
+            call = urllib.request.Request(f"http://{LOCALHOST}:{port}{PATH}", data=payload, headers=headers)
+            with urllib.request.urlopen(call, timeout=5) as answer:
+                assert check(json.loads(answer.read()))
+
+
+def test_a_bounded_count_stops_both_loops(baseline: int) -> None:
+    payload, headers = body()
+    request = loadgen.build_request(LOCALHOST, baseline, PATH, payload, headers)
+    closed = asyncio.run(
+        loadgen.closed_loop(LOCALHOST, baseline, request, concurrency=2, duration_s=30, max_requests=20)
+    )
+    opened = asyncio.run(loadgen.open_loop(LOCALHOST, baseline, request, rate_rps=500, duration_s=30, max_requests=20))
+    assert closed.sent == closed.ok == 20
+    assert opened.sent == opened.ok == 20
+
+
+def test_refused_connections_are_counted_by_kind() -> None:
+    port = free_port()  # nothing listens here
+    request = loadgen.build_request(LOCALHOST, port, PATH, b"{}")
+    result = asyncio.run(loadgen.open_loop(LOCALHOST, port, request, rate_rps=100, duration_s=0.2))
+    assert result.ok == 0 and sum(result.errors.values()) == result.sent > 0
+    assert "ConnectionRefusedError" in result.errors
+
+
+def test_the_command_writes_json(tmp_path: Path) -> None:
+    payload, _ = body()
+    with serving(echo.create_app()) as port:
+        out = tmp_path / "run.json"
+        code = loadgen.main(
+            [f"http://{LOCALHOST}:{port}{PATH}", "--body", payload.decode(), "--rate", "100", "--duration", "0.5",
+             "--deadline-ms", "1000", "--json", str(out)]
+        )  # fmt: skip
+    assert code == 0
+    check_summary(json.loads(out.read_text()), "open")
