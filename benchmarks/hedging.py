@@ -2,10 +2,16 @@
 
 Two workers serve the sleeping test model (a fixed time per batch plus a per-item cost, no CPU: a stand-in for a
 GPU). One is a straggler: a seeded 2% of its batches stall for ``--stall-ms``. The same open-loop Poisson load
-(same seed, about 55% of measured capacity) goes through a gateway with hedging off and one with the default
-adaptive hedging, and the benchmark reports p50/p99/p99.9 of both, the hedge rate, and duplicate executions
-(requests computed twice because a hedge's loser was already running). Then, with no straggler, 1.5x overload
-shows whether hedging backs off by itself.
+(same seed, 55% of capacity) goes through a gateway with hedging off and one with the default adaptive hedging,
+and the benchmark reports p50/p99/p99.9 of both, the hedge rate, and duplicate executions (requests computed twice
+because a hedge's loser was already running). Then, with no straggler, 1.5x overload (of the saturated throughput,
+64 clients) shows whether hedging backs off by itself.
+
+Capacity here is what the two steady workers serve with one request each in flight: a batching worker absorbs far
+more, up to where the gateway's CPU (on a small shared machine, beside the load generator) limits the stack, and at
+55% of that the gateway's own queueing, not the straggler, makes the tail. A 2% stall of 500 ms per batch keeps
+the straggler stalled much of the time (each batch is ~5 ms), so the steady worker must be able to carry the load
+alone: that is what the hedged gateway relies on.
 
 Targets (issue 5): hedged p99 and p99.9 <= 1/10 of unhedged; hedges <= 5% of requests; duplicate executions <= 1%;
 hedge rate under 1.5x overload <= 1%.
@@ -78,11 +84,13 @@ def counter(url: str, name: str) -> float:
 
 
 class Bench:
-    def __init__(self, stall_ms: float) -> None:
+    def __init__(self, stall_ms: float, per_batch_ms: float, per_item_ms: float) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="tandem-hedging-"))
         self.uri = sqlite_registry_uri(self.home)
         self.children: list[subprocess.Popen[bytes]] = []
         self.stall_ms = stall_ms
+        self.per_batch_s = per_batch_ms / 1000
+        self.per_item_s = per_item_ms / 1000
 
     def prepare(self) -> None:
         subprocess.run(
@@ -92,13 +100,16 @@ class Bench:
         from tandem.demo.test_models import Sleeper
         from tandem.demo.train import register_model
 
-        straggler = Sleeper(
-            per_batch_s=0.005, per_item_s=0.0002, stall_probability=0.02, stall_s=self.stall_ms / 1000, seed=5
-        )
-        register_model(
-            straggler, registry_uri=self.uri, name="sleeper", alias="straggler",
-            input_example=np.zeros((2, 4), np.float32), input_name="x", output_name="y",
-        )  # fmt: skip
+        costs = {"per_batch_s": self.per_batch_s, "per_item_s": self.per_item_s}
+        versions = {
+            "steady": Sleeper(**costs),
+            "straggler": Sleeper(**costs, stall_probability=0.02, stall_s=self.stall_ms / 1000, seed=5),
+        }
+        for alias, model in versions.items():
+            register_model(
+                model, registry_uri=self.uri, name="sleeper", alias=alias,
+                input_example=np.zeros((2, 4), np.float32), input_name="x", output_name="y",
+            )  # fmt: skip
 
     def worker(self, alias: str) -> str:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -160,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of load per run")
     parser.add_argument("--stall-ms", type=float, default=500.0)
     parser.add_argument("--load", type=float, default=0.55, help="fraction of capacity offered")
+    parser.add_argument("--per-batch-ms", type=float, default=5.0, help="the sleeping model's time per batch")
+    parser.add_argument("--per-item-ms", type=float, default=0.2, help="... and per row")
     args = parser.parse_args(argv)
 
-    bench = Bench(args.stall_ms)
+    bench = Bench(args.stall_ms, args.per_batch_ms, args.per_item_ms)
     try:
         bench.prepare()
-        normal, slow, spare = bench.worker("champion"), bench.worker("straggler"), bench.worker("champion")
+        normal, slow, spare = bench.worker("steady"), bench.worker("straggler"), bench.worker("steady")
         for endpoint in (normal, slow, spare):
             wait_ready(endpoint)
         unhedged = bench.gateway([normal, slow], {"TANDEM_HEDGE_MODELS": ""})
@@ -173,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         no_straggler = bench.gateway([normal, spare], {})
         host, port, request = request_for(no_straggler)
         asyncio.run(closed_loop(host, port, request, concurrency=16, duration_s=3))  # warm-up
-        capacity = asyncio.run(closed_loop(host, port, request, concurrency=64, duration_s=5)).throughput
+        # Load is measured against what two workers serve one request at a time: batching lets a worker absorb
+        # far more, up to where the gateway's CPU (on this shared 2-core box, beside the load generator) limits
+        # the stack and its own queueing, not the straggler, would make the tail.
+        capacity = asyncio.run(closed_loop(host, port, request, concurrency=2, duration_s=5)).throughput
+        saturated = asyncio.run(closed_loop(host, port, request, concurrency=64, duration_s=5)).throughput
         rate = args.load * capacity
         for url in (unhedged, hedged):  # warm the adaptive delay and the workers' latency models
             h, p, r = request_for(url)
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             "capacity_rps": round(capacity, 1),
             "unhedged": measure(unhedged, [normal, slow], rate, args.duration, seed=7),
             "hedged": measure(hedged, [normal, slow], rate, args.duration, seed=7),
-            "overload_1_5x_no_straggler": measure(no_straggler, [normal, spare], 1.5 * capacity, 10, seed=3),
+            "saturated_rps": round(saturated, 1),
+            "overload_1_5x_no_straggler": measure(no_straggler, [normal, spare], 1.5 * saturated, 10, seed=3),
         }
     finally:
         bench.close()

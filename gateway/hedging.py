@@ -6,7 +6,14 @@ The policy is pure and clock-free; ``WorkerPool.infer`` runs the one small race 
   delay is fixed when configured, otherwise adaptive: the ``quantile`` (default p95) of that model's recent
   latencies, so by construction only the slowest ~5% are candidates, and never less than ``min_delay_s``.
 - Budget: a token bucket caps hedges at ``budget_ratio`` of requests (each request adds ``budget_ratio`` tokens, a
-  hedge spends one, the bucket holds at most ``burst``), so hedging cannot amplify an overload.
+  hedge spends one, the bucket holds at most ``burst``), so hedging cannot amplify an overload. Part of the bucket
+  (``reserve``) is kept for requests whose worker has stopped answering anything (a stall, see
+  ``WorkerPool``): a p95 delay makes ~5% of requests candidates by construction, and on a noisy host those
+  ordinary slow requests would otherwise drain the budget just before a stall, when hedging pays most.
+- Payoff: a hedge that loses is pure extra load. Where a model's latency is steady (a worker that is answering
+  will answer this request soon too), hedges of requests on a worker that is not stalled keep losing; once their
+  recent win rate falls below ``min_payoff``, only one such candidate in ``probe_every`` is hedged, enough to
+  notice when they start paying off again. Hedges from a stalled worker are never throttled this way.
 - Where: only to a worker that is idle enough (the caller checks its queue), so that under overload, when every
   worker is busy, hedging stops by itself.
 """
@@ -20,7 +27,12 @@ import numpy as np
 LATENCY_WINDOW = 1000
 REFRESH_EVERY = 50
 MIN_SAMPLES = 50
-DEFAULT_BURST_TOKENS = 10.0
+DEFAULT_BURST_TOKENS = 20.0
+DEFAULT_RESERVE_TOKENS = 10.0
+PAYOFF_ALPHA = 0.05
+"""Weight of one outcome in the moving win rate of ordinary hedges (about the last 20 count)."""
+DEFAULT_MIN_PAYOFF = 0.3
+DEFAULT_PROBE_EVERY = 10
 
 
 class LatencyTracker:
@@ -53,6 +65,9 @@ class HedgePolicy:
         min_delay_s: float = 0.001,
         budget_ratio: float = 0.05,
         burst: float = DEFAULT_BURST_TOKENS,
+        reserve: float = DEFAULT_RESERVE_TOKENS,
+        min_payoff: float = DEFAULT_MIN_PAYOFF,
+        probe_every: int = DEFAULT_PROBE_EVERY,
     ) -> None:
         """``models``: the models to hedge (None: all); ``fixed_delay_s``: None for the adaptive delay."""
         self._models = models
@@ -61,8 +76,13 @@ class HedgePolicy:
         self._min_delay_s = min_delay_s
         self._budget_ratio = budget_ratio
         self._burst = burst
+        self._reserve = min(reserve, burst)
         self._tokens = burst
         self._trackers: dict[str, LatencyTracker] = {}
+        self._min_payoff = min_payoff
+        self._probe_every = probe_every
+        self._payoff: dict[str, float] = {}  # model -> moving win rate of its ordinary hedges (optimistic start)
+        self._unpaid_candidates: dict[str, int] = {}
         self.requests = 0
         self.hedges = 0
         self.hedges_won = 0
@@ -93,9 +113,30 @@ class HedgePolicy:
             tracker = self._trackers[model] = LatencyTracker(self._quantile)
         tracker.observe(latency_s)
 
-    def try_spend(self) -> bool:
-        """Take one hedge from the budget; False when the budget is spent."""
-        if self._tokens >= 1.0:
+    def payoff(self, model: str) -> float:
+        """The recent win rate of ``model``'s ordinary hedges (1.0 before any)."""
+        return self._payoff.get(model, 1.0)
+
+    def worth_it(self, model: str, *, stalled: bool) -> bool:
+        """Whether to hedge a candidate at all, before the budget: see Payoff above."""
+        if stalled or self.payoff(model) >= self._min_payoff:
+            return True
+        seen = self._unpaid_candidates.get(model, 0) + 1
+        self._unpaid_candidates[model] = seen
+        return seen % self._probe_every == 0
+
+    def record_outcome(self, model: str, *, stalled: bool, won: bool) -> None:
+        """A hedge's race ended: ``won`` when the hedge answered first."""
+        if not stalled:
+            self._payoff[model] = (1 - PAYOFF_ALPHA) * self.payoff(model) + PAYOFF_ALPHA * won
+
+    def try_spend(self, *, stalled: bool = False) -> bool:
+        """Take one hedge from the budget; False when the budget is spent.
+
+        Only a request held by a stalled worker may spend the reserve.
+        """
+        floor = 0.0 if stalled else self._reserve
+        if self._tokens - floor >= 1.0:
             self._tokens -= 1.0
             self.hedges += 1
             return True

@@ -44,8 +44,18 @@ REQUEST_DURATION = Histogram(
 )  # fmt: skip
 INFLIGHT = Gauge("tandem_gateway_inflight", "Requests this gateway is working on.", multiprocess_mode="livesum")
 SHED = Counter("tandem_shed_total", "Requests refused at once instead of queued, by reason.", ["reason"])
-HEDGES = Counter("tandem_hedges_total", "Second copies of slow requests sent to another worker.", ["model"])
-HEDGES_WON = Counter("tandem_hedges_won_total", "Hedges that answered first.", ["model"])
+HEDGES = Counter(
+    "tandem_hedges_total",
+    "Second copies of slow requests sent to another worker; trigger stall (the first worker answered nothing"
+    " for a hedge delay) or delay (the request alone was slow).",
+    ["model", "trigger"],
+)
+HEDGES_WON = Counter("tandem_hedges_won_total", "Hedges that answered first.", ["model", "trigger"])
+HEDGES_SKIPPED = Counter(
+    "tandem_hedges_skipped_total",
+    "Slow requests not hedged when checked: reason budget (spent), no_idle_worker or not_paying (hedges kept losing).",
+    ["model", "reason"],
+)
 RETRIES = Counter("tandem_retries_total", "Attempts resent to another worker (lost or overloaded).", ["model"])
 WORKER_CALL_DURATION = Histogram(
     "tandem_worker_call_duration_seconds", "Time from first send to first good answer from a worker.",

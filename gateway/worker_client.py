@@ -11,6 +11,10 @@ at once and the request goes elsewhere, and no stale request reaches a worker wh
 
 Routing is power of two choices on outstanding requests. A request races at most two attempts: the first, and a
 hedge sent to another, idle-enough worker when the first is slower than the hedge delay (``hedging.HedgePolicy``).
+For a hedged model, a worker that holds requests but has answered none of them for longer than the hedge delay is
+stalled ("latency-induced probation" in The Tail at Scale): routing passes it over while another worker can take
+the request, and its requests may hedge on the budget's reserve. A worker that is merely busy keeps answering,
+so overload alone never marks one stalled.
 The first good answer wins; the other attempt is cancelled (a ``cancel`` message lets its worker drop it if still
 queued) and its late reply is dropped by the pending table. An attempt lost with its worker is retried on another
 worker while the deadline allows; the caller gets exactly one answer.
@@ -67,8 +71,11 @@ class WorkerLink:
         self.alive = False
         self.ready = False
         self.last_pong_at = float("-inf")
+        # When it last showed progress: its latest reply, or when it went from idle to busy.
+        self.progress_at = 0.0
         self.worker_id = ""
         self.queued_rows = 0
+        self.reported_inflight = 0  # requests the worker held at its last pong, cancelled ones still computing too
         self.expected_wait_ms = 0.0
         self.models: list[dict[str, Any]] = []
 
@@ -98,6 +105,7 @@ class _Attempt:
     link: WorkerLink
     hedge: bool
     span: Span
+    sent_at: float
 
     def end(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
         if cancelled:
@@ -239,12 +247,19 @@ class WorkerPool:
         """A live, ready worker serving the model: of two chosen at random, the one with fewer requests in flight.
 
         Power of two choices: nearly as good as the least-loaded worker, without herding every gateway onto it.
+        Stalled workers are chosen only when no other worker can take the request.
         """
         eligible = [
             link
             for link in self._links
             if link not in exclude and link.alive and link.ready and link.serves(model, version)
         ]
+        if len(eligible) > 1:
+            stall_after_s = self._stall_after_s(model)
+            if stall_after_s is not None:
+                now = time.monotonic()
+                flowing = [link for link in eligible if not self._stalled(link, stall_after_s, now)]
+                eligible = flowing or eligible
         if len(eligible) <= 1:
             return eligible[0] if eligible else None
         first, second = random.sample(eligible, 2)
@@ -252,6 +267,25 @@ class WorkerPool:
 
     def _load(self, link: WorkerLink) -> int:
         return self._pending.outstanding(link)
+
+    def _stall_after_s(self, model: str) -> float | None:
+        """How long without an answer makes a busy worker stalled, for ``model``: its hedge delay, if hedged."""
+        if self.hedging is None or not self.hedging.enabled_for(model):
+            return None
+        return self.hedging.delay_s(model)
+
+    def _busy(self, link: WorkerLink) -> bool:
+        """True when ``link`` holds work: ours in flight, or (per a pong newer than its last answer) any at all.
+
+        The pong counts what a hedge left behind: a cancelled request still computing in a stalled batch.
+        """
+        if self._pending.outstanding(link):
+            return True
+        return link.reported_inflight > 0 and link.last_pong_at > link.progress_at
+
+    def _stalled(self, link: WorkerLink, after_s: float, now: float) -> bool:
+        """True when ``link`` holds work and has shown no progress for longer than ``after_s``."""
+        return now - link.progress_at > after_s and self._busy(link)
 
     def _hedge_target(self, request: InferRequest, busy: set[WorkerLink]) -> WorkerLink | None:
         """Another worker for a hedge, only if it is idle enough: hedging into a busy worker only adds load."""
@@ -272,7 +306,9 @@ class WorkerPool:
         tried: set[WorkerLink] = set()
         attempts: dict[asyncio.Future[Reply], _Attempt] = {}
         may_hedge = hedging is not None
+        hedged_from_stall: bool | None = None  # once a hedge is sent: whether its first attempt was stalled
         first_sent_at = 0.0
+        next_hedge_check_s = 0.0  # after first_sent_at
         try:
             while True:
                 if not attempts:
@@ -285,16 +321,16 @@ class WorkerPool:
                 timeout_s = remaining_s
                 hedge_delay_s = hedging.delay_s(request.model) if may_hedge and hedging is not None else None
                 if hedge_delay_s is not None:
-                    timeout_s = min(timeout_s, max(0.0, first_sent_at + hedge_delay_s - time.monotonic()))
+                    next_hedge_check_s = max(next_hedge_check_s, hedge_delay_s)
+                    timeout_s = min(timeout_s, max(0.0, first_sent_at + next_hedge_check_s - time.monotonic()))
                 done, _ = await asyncio.wait(attempts, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    if hedge_delay_s is not None and not deadline.expired:
-                        may_hedge = False
-                        busy = tried | {attempt.link for attempt in attempts.values()}
-                        target = self._hedge_target(request, busy)
-                        if target is not None and hedging is not None and hedging.try_spend():
-                            self._send_attempt(request, deadline, tried, attempts, hedge=True, link=target)
-                            metrics.HEDGES.labels(request.model).inc()
+                    if hedge_delay_s is not None and hedging is not None and not deadline.expired:
+                        # Not hedged now (no idle worker, or only the reserve left): look again one delay later,
+                        # since the worker holding it may stall in the meantime.
+                        next_hedge_check_s += hedge_delay_s
+                        hedged_from_stall = self._try_hedge(request, deadline, tried, attempts, hedging, hedge_delay_s)
+                        may_hedge = hedged_from_stall is None
                         continue
                     raise _deadline_error(deadline)
                 for future in done:
@@ -321,9 +357,13 @@ class WorkerPool:
                     if reply.ok:
                         metrics.WORKER_CALL_DURATION.labels(request.model).observe(time.monotonic() - first_sent_at)
                         if was_hedge:
-                            metrics.HEDGES_WON.labels(request.model).inc()
+                            metrics.HEDGES_WON.labels(request.model, _trigger(hedged_from_stall)).inc()
+                    if hedging is not None and hedged_from_stall is not None:
+                        hedging.record_outcome(request.model, stalled=hedged_from_stall, won=was_hedge)
                     if hedging is not None and reply.ok:
-                        hedging.observe(request.model, time.monotonic() - first_sent_at)
+                        # The answering attempt's own latency, not the request's: a hedged request's latency
+                        # (delay + the hedge's) would raise the delay it is itself measured against.
+                        hedging.observe(request.model, time.monotonic() - attempt.sent_at)
                         if was_hedge:
                             hedging.hedges_won += 1
                     return reply
@@ -332,6 +372,36 @@ class WorkerPool:
                 attempt.end(cancelled=True)
                 self._pending.discard(attempt.attempt_id)
                 self._send_quietly(attempt.link, Cancel(attempt.attempt_id))
+
+    def _try_hedge(
+        self,
+        request: InferRequest,
+        deadline: Deadline,
+        tried: set[WorkerLink],
+        attempts: dict[asyncio.Future[Reply], _Attempt],
+        hedging: HedgePolicy,
+        stall_after_s: float,
+    ) -> bool | None:
+        """Send a hedge if it may pay, a worker is idle enough and the budget allows.
+
+        Returns None when none was sent, else whether the first attempt's worker was stalled.
+        """
+        now = time.monotonic()
+        stalled = any(self._stalled(attempt.link, stall_after_s, now) for attempt in attempts.values())
+        if not hedging.worth_it(request.model, stalled=stalled):
+            metrics.HEDGES_SKIPPED.labels(request.model, "not_paying").inc()
+            return None
+        busy = tried | {attempt.link for attempt in attempts.values()}
+        target = self._hedge_target(request, busy)
+        if target is None:
+            metrics.HEDGES_SKIPPED.labels(request.model, "no_idle_worker").inc()
+            return None
+        if not hedging.try_spend(stalled=stalled):
+            metrics.HEDGES_SKIPPED.labels(request.model, "budget").inc()
+            return None
+        self._send_attempt(request, deadline, tried, attempts, hedge=True, link=target)
+        metrics.HEDGES.labels(request.model, _trigger(stalled)).inc()
+        return stalled
 
     def _send_attempt(
         self,
@@ -366,6 +436,8 @@ class WorkerPool:
                 shed = True
                 link = None
                 continue
+            if not self._busy(link):
+                link.progress_at = time.monotonic()  # idle until now: its stall clock starts here
             attempt_id, future = self._pending.register(link)
             span = _TRACER.start_span(
                 "tandem.worker_call",
@@ -382,7 +454,7 @@ class WorkerPool:
                 tried.add(link)
                 link = None
                 continue
-            attempts[future] = _Attempt(attempt_id, link, hedge, span)
+            attempts[future] = _Attempt(attempt_id, link, hedge, span, time.monotonic())
             return link
 
     def _send_quietly(self, link: WorkerLink, message: wire.Message) -> None:
@@ -411,6 +483,7 @@ class WorkerPool:
         link.last_pong_at = time.monotonic()
         link.worker_id = pong.worker_id
         link.queued_rows = pong.queued_rows
+        link.reported_inflight = pong.inflight
         link.expected_wait_ms = pong.expected_wait_ms
         link.models = [m for m in pong.models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
@@ -420,6 +493,7 @@ class WorkerPool:
             try:
                 message = wire.decode(frames)
                 if isinstance(message, Reply):
+                    link.progress_at = time.monotonic()
                     self._pending.resolve(message)
                 elif isinstance(message, Pong):
                     self._on_pong(link, message)
@@ -443,6 +517,10 @@ class WorkerPool:
                     self._mark_down(link, f"no pong for {self._silence_s:g} s")
                 self._send_quietly(link, Ping(self._ping_seq))
             await asyncio.sleep(self._ping_interval_s)
+
+
+def _trigger(stalled: bool | None) -> str:
+    return "stall" if stalled else "delay"
 
 
 def _deadline_error(deadline: Deadline) -> DeadlineExceeded:

@@ -180,6 +180,35 @@ async def test_without_hedging_a_slow_worker_costs_its_full_delay() -> None:
         assert loop.time() - began >= slow.delay_s
 
 
+async def test_a_stalled_worker_is_passed_over_and_its_requests_hedge_on_the_reserve() -> None:
+    stuck, fast = started("slow", "echo")
+    stuck.delay_s = 60.0  # holds every request: a stall
+    # No budget beyond the reserve: only a request held by a stalled worker may hedge.
+    policy = HedgePolicy(models=None, fixed_delay_s=0.02, budget_ratio=0.0, burst=3.0, reserve=3.0)
+    async with pool_of(stuck, fast, hedging=policy) as pool:
+        await wait_for(lambda: all(link.alive for link in pool.links))
+        stuck_link = next(link for link in pool.links if link.endpoint == stuck.endpoint)
+        loop = asyncio.get_running_loop()
+        while not any(isinstance(m, wire.InferRequest) for m in stuck.received):
+            began = loop.time()
+            assert (await pool.infer(request(), Deadline(2000))).ok
+            assert loop.time() - began < 1.0, "the request on the stalled worker was not hedged"
+        assert policy.hedges == 1
+        # Keep one request stuck there so the worker holds work and shows no progress.
+        held: dict[asyncio.Future[wire.Reply], object] = {}
+        pool._send_attempt(request(), Deadline(5000), set(), held, hedge=False, link=stuck_link)
+        for future in held:
+            future.add_done_callback(lambda f: f.exception())  # failed when the pool closes
+        await asyncio.sleep(0.05)
+        sent_before = sum(isinstance(m, wire.InferRequest) for m in stuck.received)
+        fast.behaviour, fast.delay_s = "slow", 0.01  # now it holds more requests than the stalled worker
+        replies = await asyncio.gather(*(pool.infer(request(), Deadline(2000)) for _ in range(20)))
+        assert all(reply.ok for reply in replies)
+        assert sum(isinstance(m, wire.InferRequest) for m in stuck.received) == sent_before, (
+            "routing chose a stalled worker while another could take the request"
+        )
+
+
 async def test_the_hedge_budget_stops_hedging() -> None:
     slow, fast = started("slow", "echo")
     slow.delay_s = 0.05

@@ -40,7 +40,7 @@ def test_only_listed_models_are_hedged() -> None:
 
 
 def test_budget_caps_hedges_at_the_ratio_after_the_burst() -> None:
-    policy = HedgePolicy(models=None, fixed_delay_s=0.01, budget_ratio=0.05, burst=2.0)
+    policy = HedgePolicy(models=None, fixed_delay_s=0.01, budget_ratio=0.05, burst=2.0, reserve=0.0)
     spent = 0
     for _ in range(1000):
         policy.on_request()
@@ -51,6 +51,15 @@ def test_budget_caps_hedges_at_the_ratio_after_the_burst() -> None:
     assert policy.denied_by_budget == 1000 - spent
 
 
+def test_the_reserve_is_only_for_requests_on_a_stalled_worker() -> None:
+    policy = HedgePolicy(models=None, fixed_delay_s=0.01, budget_ratio=0.0, burst=5.0, reserve=3.0)
+    assert policy.try_spend() and policy.try_spend()
+    assert not policy.try_spend(), "ordinary hedges must leave the reserve alone"
+    assert policy.try_spend(stalled=True) and policy.try_spend(stalled=True) and policy.try_spend(stalled=True)
+    assert not policy.try_spend(stalled=True)
+    assert (policy.hedges, policy.denied_by_budget) == (5, 2)
+
+
 def test_tracker_recomputes_lazily() -> None:
     tracker = LatencyTracker(0.5, window=100)
     for _ in range(MIN_SAMPLES - 1):
@@ -59,3 +68,18 @@ def test_tracker_recomputes_lazily() -> None:
     for _ in range(100):
         tracker.observe(2.0)
     assert tracker.value_s == pytest.approx(2.0)
+
+
+def test_losing_ordinary_hedges_are_throttled_to_probes_but_stall_hedges_never_are() -> None:
+    policy = HedgePolicy(models=None, fixed_delay_s=0.01, min_payoff=0.3, probe_every=10)
+    assert policy.worth_it("m", stalled=False), "before any outcome, hedges are presumed to pay"
+    while policy.payoff("m") >= 0.3:
+        policy.record_outcome("m", stalled=False, won=False)
+    allowed = sum(policy.worth_it("m", stalled=False) for _ in range(100))
+    assert allowed == 10
+    assert all(policy.worth_it("m", stalled=True) for _ in range(100))
+    assert policy.worth_it("other", stalled=False), "payoff is per model"
+    policy.record_outcome("m", stalled=True, won=False)  # a stall hedge's loss says nothing of ordinary ones
+    for _ in range(60):
+        policy.record_outcome("m", stalled=False, won=True)
+    assert policy.worth_it("m", stalled=False)
