@@ -124,6 +124,9 @@ class GatewaySettings(BaseSettings):
     request_timeout_ms: float = Field(1000.0, gt=0, description="Default deadline of a request.")
     max_request_timeout_ms: float = Field(30000.0, gt=0, description="Largest deadline a caller may ask for.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    infer_fast_path: bool = Field(
+        True, description="Serve V2 infer through the lean ASGI path (gateway/v2_infer.py) rather than FastAPI's."
+    )
     ping_interval_s: float = Field(0.2, gt=0, description="How often each worker is pinged.")
     worker_silence_s: float = Field(1.0, gt=0, description="Silence after which a worker counts as down.")
     # Tail latency (gateway/hedging.py, gateway/admission.py, gateway/discovery.py).

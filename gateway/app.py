@@ -32,6 +32,7 @@ from tandem.gateway.request_log import RequestLogMiddleware
 from tandem.gateway.routes import recommendations, v2
 from tandem.gateway.state import GatewayState
 from tandem.gateway.tracing import TracingMiddleware
+from tandem.gateway.v2_infer import InferFastPath
 from tandem.gateway.worker_client import WorkerPool
 
 STATIC_DISCOVERY = "static"
@@ -98,6 +99,8 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)
     admission = Admission(settings.max_inflight)
     app.state.admission = admission
+    if settings.infer_fast_path:
+        app.add_middleware(InferFastPath)  # innermost: every middleware below applies to the calls it serves
     app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # checked first

@@ -29,11 +29,25 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
+def error_parts(exc: BaseException, method: str, path: str) -> tuple[int, str, dict[str, str]]:
+    """Status, public message and extra headers for an error raised while serving ``method path``.
+
+    Server errors are logged here with their detail (call it from the ``except`` block, for the traceback).
+    """
+    if isinstance(exc, TandemError):
+        if exc.http_status >= 500 and not exc.expose:
+            log.error("request %s %s failed: %s", method, path, exc.message)
+        headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (Overloaded, WorkerLost)) else {}
+        return exc.http_status, exc.public_message(), headers
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code, str(exc.detail), dict(exc.headers or {})
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return 500, "internal server error", {}
+
+
 async def _tandem_error(request: Request, exc: TandemError) -> Response:
-    if exc.http_status >= 500 and not exc.expose:
-        log.error("request %s %s failed: %s", request.method, request.url.path, exc.message)
-    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (Overloaded, WorkerLost)) else None
-    return error_response(exc.http_status, exc.public_message(), headers)
+    status, message, headers = error_parts(exc, request.method, request.url.path)
+    return error_response(status, message, headers or None)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -49,12 +63,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    status, message, headers = error_parts(exc, request.method, request.url.path)
+    return error_response(status, message, headers or None)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal server error")
+    status, message, _ = error_parts(exc, request.method, request.url.path)
+    return error_response(status, message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

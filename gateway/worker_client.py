@@ -141,6 +141,7 @@ class WorkerPool:
         self._hedge_max_queued_rows = hedge_max_queued_rows
         self._curve = curve
         self.retries = 0
+        self._models_table: dict[str, dict[str, dict[str, Any]]] | None = None  # models(), until a pong changes it
 
     @property
     def links(self) -> list[WorkerLink]:
@@ -222,6 +223,8 @@ class WorkerPool:
         ``aliases`` is the union of the aliases live workers serve that version under: during a rollout two
         versions may both list an alias, until every worker has swapped.
         """
+        if self._models_table is not None:
+            return self._models_table
         table: dict[str, dict[str, dict[str, Any]]] = {}
         for link in self._links:
             if not link.alive:
@@ -231,6 +234,7 @@ class WorkerPool:
                 aliases = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
                 entry = table.setdefault(model["name"], {}).setdefault(str(model["version"]), {**model, "aliases": []})
                 entry["aliases"] = sorted({*entry["aliases"], *aliases})
+        self._models_table = table
         return table
 
     def check_served(self, model: str, version: str | None) -> None:
@@ -465,6 +469,7 @@ class WorkerPool:
         future.add_done_callback(_consume_exception)
 
     def _mark_down(self, link: WorkerLink, reason: str) -> None:
+        self._models_table = None
         if link.alive:
             log.warning("worker %s (%s) is down: %s", link.endpoint, link.worker_id, reason)
         link.alive = False
@@ -475,6 +480,7 @@ class WorkerPool:
             log.warning("%d requests in flight on %s will be retried elsewhere", failed, link.endpoint)
 
     def _on_pong(self, link: WorkerLink, pong: Pong) -> None:
+        self._models_table = None
         if not link.alive:
             log.info("worker %s (%s) is up, ready=%s", link.endpoint, pong.worker_id, pong.ready)
             link.alive = True

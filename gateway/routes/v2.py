@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import orjson
@@ -16,19 +15,13 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from tandem import __version__
-from tandem.common.errors import ModelUnavailable, error_from_code
-from tandem.common.wire import InferRequest
+from tandem.common.errors import ModelUnavailable
 from tandem.gateway.body import read_body
-from tandem.gateway.deadlines import TIMEOUT_HEADER, deadline_from_header
-from tandem.gateway.limits import check_infer_limits
+from tandem.gateway.deadlines import TIMEOUT_HEADER
 from tandem.gateway.state import gateway_state
 from tandem.gateway.traffic import USER_ID_HEADER, Traffic
-from tandem.gateway.v2_codec import (
-    HEADER_LENGTH_HEADER,
-    build_infer_response,
-    model_metadata_body,
-    parse_infer_request,
-)
+from tandem.gateway.v2_codec import HEADER_LENGTH_HEADER, model_metadata_body
+from tandem.gateway.v2_infer import INFER_PATH, INFER_VERSION_PATH, JSON, InferHeaders, deadline_for, run_infer
 from tandem.gateway.v2_schema import INFER_OPENAPI
 
 
@@ -47,8 +40,6 @@ router = APIRouter(tags=["v2"], lifespan=_lifespan)
 SERVER_NAME = "tandem"
 EXTENSIONS = ("binary_tensor_data",)
 PREFERRED_ALIAS = "champion"
-JSON = "application/json"
-BINARY = "application/octet-stream"
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
@@ -112,42 +103,24 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
     return _json({"name": model, "ready": True})
 
 
-@router.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
-@router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=INFER_OPENAPI)
+@router.post(INFER_PATH, openapi_extra=INFER_OPENAPI)
+@router.post(INFER_VERSION_PATH, openapi_extra=INFER_OPENAPI)
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    """Run the model on the request's tensors (JSON or the binary tensor extension)."""
+    """Run the model on the request's tensors (JSON or the binary tensor extension).
+
+    Served by ``v2_infer.InferFastPath`` unless ``TANDEM_INFER_FAST_PATH`` is off; both run ``run_infer``.
+    """
     state = gateway_state(request)
-    settings = state.settings
-    deadline = deadline_from_header(
+    headers = InferHeaders(
         request.headers.get(TIMEOUT_HEADER),
-        default_ms=settings.request_timeout_ms,
-        max_ms=settings.max_request_timeout_ms,
+        request.headers.get(HEADER_LENGTH_HEADER),
+        request.headers.get(USER_ID_HEADER),
     )
+    deadline = deadline_for(state, headers)
     state.pool.check_served(model, version)
-    body = await read_body(request, settings.max_body_bytes)
-    parsed = parse_infer_request(
-        body, request.headers.get(HEADER_LENGTH_HEADER), max_elements=settings.max_tensor_elements
+    body = await read_body(request, state.settings.max_body_bytes)
+    answer = await run_infer(
+        state, request.app.state.traffic, model, version, body, headers, deadline, request.scope.setdefault("state", {})
     )
-    check_infer_limits(parsed, settings)
-    reply = await request.app.state.traffic.infer(
-        partial(state.prediction_cache.infer, state.pool),
-        state.pool,
-        InferRequest(request_id="", model=model, version=version, budget_ms=0.0, inputs=parsed.inputs),
-        deadline,
-        key=request.headers.get(USER_ID_HEADER) or parsed.id,
-    )
-    if not reply.ok:
-        raise error_from_code(reply.status, reply.error)
-    request.state.model_version = reply.version
-    state.drift.observe(model, reply.version, parsed.inputs, reply.outputs)
-    content, json_length = build_infer_response(
-        model_name=model,
-        model_version=reply.version,
-        request_id=parsed.id,
-        outputs=reply.outputs,
-        requested=parsed.outputs,
-        binary_output_default=parsed.binary_output_default,
-    )
-    if json_length is None:
-        return Response(content, media_type=JSON)
-    return Response(content, media_type=BINARY, headers={HEADER_LENGTH_HEADER: str(json_length)})
+    extra = {} if answer.json_length is None else {HEADER_LENGTH_HEADER: str(answer.json_length)}
+    return Response(answer.content, media_type=answer.media_type, headers=extra)

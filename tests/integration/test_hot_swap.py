@@ -189,7 +189,13 @@ def test_memory_stays_within_two_copies_during_swaps_and_does_not_leak(heavy, tm
         reset_peak(pid)
         set_alias(registry, "champion", v2)
         wait_live(worker, "champion", v2)
+        # The old copy is retired just after the promotion the pong reports: on a busy machine that can take a
+        # moment, so wait (boundedly) for its pages to go back before judging.
         first = memory_kib(pid)
+        give_up = time.monotonic() + 5.0
+        while first["VmRSS"] - baseline >= model_kib // 2 and time.monotonic() < give_up:
+            time.sleep(0.05)
+            first = memory_kib(pid)
         # The baseline holds the live copy; the peak adds the standby (measured: about one copy more), never
         # more than two copies' worth. Each copy is one tensor, so freeing it returns its pages to the OS.
         assert model_kib // 2 < first["VmHWM"] - baseline < 2 * model_kib, (baseline, first)
