@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 CONNECT_TIMEOUT_S = 5.0
+MAX_IDLE_S = 2.0
 DRAIN_S = 10.0
 """How long requests may stay unanswered after the last one is sent before they are cancelled."""
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
@@ -264,14 +265,20 @@ async def open_loop(
     """
     result = LoadResult(mode="open", offered_rps=rate_rps)
     rng = random.Random(seed)
-    idle: list[Connection] = []
+    idle: list[tuple[Connection, float]] = []  # with when each went idle
     opened = 0
     tasks: list[asyncio.Task[None]] = []
 
     async def one(scheduled: float) -> None:
         nonlocal opened
+        # Like an HTTP client's pool, drop connections idle for longer than a server keeps them (uvicorn: 5 s):
+        # reusing one races the server closing it, which is a client artifact, not a server error.
+        now = time.perf_counter()
+        while idle and now - idle[0][1] > MAX_IDLE_S:  # the oldest idle one is at the bottom
+            idle.pop(0)[0].close()
+            opened -= 1
         if idle:
-            connection = idle.pop()
+            connection = idle.pop()[0]
         elif opened < max_connections:
             opened += 1
             try:
@@ -293,8 +300,9 @@ async def open_loop(
         except asyncio.CancelledError:
             connection.close()
             raise
-        result.record(status, time.perf_counter() - scheduled)
-        idle.append(connection)
+        finished = time.perf_counter()
+        result.record(status, finished - scheduled)
+        idle.append((connection, finished))
 
     began = time.perf_counter()
     next_at = began
@@ -307,7 +315,7 @@ async def open_loop(
         next_at += rng.expovariate(rate_rps)
     await _bounded(tasks, result, drain_s)
     result.elapsed_s = time.perf_counter() - began
-    for connection in idle:
+    for connection, _ in idle:
         connection.close()
     return result
 

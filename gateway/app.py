@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from tandem import __version__
 from tandem.common.curve import CurveClientConfig
+from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.privacy import IdHasher
 from tandem.common.settings import GatewaySettings
 from tandem.gateway.admission import Admission, AdmissionMiddleware
@@ -94,6 +95,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
                 prediction_cache=PredictionCache.from_settings(settings),
                 drift=DriftMonitor.from_settings(settings, pool_references(pool)),
             )
+            freeze_startup_objects()  # see common/gc_pauses.py
             yield
 
     app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)

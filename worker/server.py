@@ -48,6 +48,7 @@ from tandem.common.errors import (
     TandemError,
     WireError,
 )
+from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.logs import configure_logging
 from tandem.common.settings import WorkerSettings
 from tandem.common.tracing import extract, setup_tracing, tracer
@@ -417,6 +418,7 @@ async def serve(settings: WorkerSettings, *, ready: Callable[[str], None] | None
     server.export_metrics()
     try:
         await server.load_models()
+        freeze_startup_objects()  # torch's and MLflow's objects: see common/gc_pauses.py
         log.info(
             "worker %s ready on %s (device %s) serving %s",
             settings.worker_id,
