@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', or a torch device string.")
     max_batch_size: int = Field(256, ge=1, description="Most rows one batch may hold.")
+    inline_compute_ms: float = Field(
+        0.5,
+        ge=0,
+        description="Batches predicted to compute in less than this run on the event loop itself, not the"
+        " inference thread (the two thread hand-offs cost more than a light model's forward pass); 0: never.",
+    )
     max_queue_rows: int = Field(8192, ge=1, description="Rows queued beyond which requests are overloaded.")
     max_tensor_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest tensor frame accepted.")
     worker_id: str = Field(

@@ -135,6 +135,7 @@ class WorkerServer:
         self._context = zmq.asyncio.Context()
         self._socket: zmq.asyncio.Socket | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-inference")
+        self._inline_compute_s = settings.inline_compute_ms / 1000
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -277,8 +278,12 @@ class WorkerServer:
                 inputs = [job.request.inputs for job in batch.items]
                 started = self._clock()
                 started_ns = time.time_ns()
-                self._running_until = started + (self._latency.predict(batch.key, batch.rows) or 0.0)
-                outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
+                predicted_s = self._latency.predict(batch.key, batch.rows)
+                self._running_until = started + (predicted_s or 0.0)
+                if predicted_s is not None and predicted_s < self._inline_compute_s:
+                    outputs = run_batch(model, inputs)  # shorter than a hand-off to the inference thread and back
+                else:
+                    outputs = await loop.run_in_executor(self._executor, run_batch, model, inputs)
                 computed_s = self._clock() - started
                 self._latency.observe(batch.key, batch.rows, computed_s)
                 self._record_batch(model, batch, started, computed_s)

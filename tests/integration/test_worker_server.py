@@ -34,8 +34,10 @@ class Gate(torch.nn.Module):
         super().__init__()
         self.entered = threading.Event()
         self.opened = threading.Event()
+        self.threads: list[str] = []  # where each forward pass ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
         self.entered.set()
         if not self.opened.wait(WAIT_S):
             raise TimeoutError("the test never opened the gate")
@@ -81,7 +83,9 @@ def request(request_id: str, value: float, rows: int = 1, budget_ms: float = BUD
     return InferRequest(request_id, "gate", None, budget_ms, [Tensor.from_numpy("x", x)])
 
 
-def run_with_server(tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], *, ready: bool = True) -> None:
+def run_with_server(
+    tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], *, ready: bool = True, **settings_values: float
+) -> None:
     gate, clock = Gate(), FakeClock()
     model = LoadedModel(
         name="gate",
@@ -95,7 +99,9 @@ def run_with_server(tmp_path: Path, scenario: Callable[[Harness], Awaitable[None
     )
     slots = ModelSlots()
     slots.add(model, "live")
-    settings = WorkerSettings(bind="tcp://127.0.0.1:0", models="gate@live", home=tmp_path, worker_id="w1")
+    settings = WorkerSettings(
+        bind="tcp://127.0.0.1:0", models="gate@live", home=tmp_path, worker_id="w1", **settings_values
+    )
 
     async def main() -> None:
         server = WorkerServer(settings, device=torch.device("cpu"), slots=slots, clock=clock)
@@ -228,3 +234,19 @@ def test_versions_and_aliases_resolve(tmp_path: Path, version: str | None) -> No
         assert (reply.status, reply.version) == ("ok", "3")
 
     run_with_server(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("inline_compute_ms", [0.0, 1.0])
+def test_batches_known_to_be_short_run_on_the_event_loop(tmp_path: Path, inline_compute_ms: float) -> None:
+    async def scenario(h: Harness) -> None:
+        h.gate.opened.set()
+        for i in range(30):  # the fake clock makes every batch take 0 s once the latency model has seen a few
+            await h.send(request(f"r{i}", float(i)))
+            reply = await h.recv()
+            assert isinstance(reply, Reply) and reply.ok
+            np.testing.assert_array_equal(reply.outputs[0].to_numpy(), np.full((1, 2), 2.0 * i, np.float32))
+        assert h.gate.threads[0].startswith("tandem-inference"), "no prediction yet: the inference thread"
+        expected = threading.current_thread().name if inline_compute_ms else h.gate.threads[0]
+        assert h.gate.threads[-1] == expected
+
+    run_with_server(tmp_path, scenario, inline_compute_ms=inline_compute_ms)
