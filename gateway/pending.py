@@ -33,7 +33,8 @@ class PendingReplies:
         self._futures: dict[str, tuple[asyncio.Future[Reply], Hashable]] = {}
         self._by_worker: dict[Hashable, set[str]] = {}
         # Attempt ids are unique per gateway process; a worker echoes them back.
-        self._ids = (f"{os.getpid():x}.{n:x}" for n in itertools.count())
+        prefix = f"{os.getpid():x}."
+        self._ids = (f"{prefix}{n:x}" for n in itertools.count())
 
     def __len__(self) -> int:
         return len(self._futures)
