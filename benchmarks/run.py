@@ -210,6 +210,16 @@ def _overload(ctx: Context, entry: Entry, figures: dict[str, dict[str, Any]]) ->
     )
 
 
+def _judged_phases(ctx: Context, entries: list[Entry], tandem: Entry, b1: Entry) -> dict[str, dict[str, Any]]:
+    """Every entry's one-client, saturation and sweep phases, then Tandem's low-load and overload runs."""
+    print("  one client, saturation, sweep ...", flush=True)
+    systems = compare(entries, ctx.durations, rounds=ctx.rounds, fractions=ctx.fractions, long_fraction=TAIL_FRACTION)
+    print("  low load, overload ...", flush=True)
+    _low_load(ctx, tandem, b1, systems)
+    _overload(ctx, tandem, systems)
+    return systems
+
+
 def light(ctx: Context) -> dict[str, Any]:
     """The demo ranker, one row per request; plus the binary variant, recommendations and the echo tax."""
     from benchmarks.baselines.naive import load
@@ -250,13 +260,7 @@ def light(ctx: Context) -> dict[str, Any]:
             naive,
             Entry("B2", b2, workload, LIGHT_CONCURRENCY),
         ]
-        print("  one client, saturation, sweep ...", flush=True)
-        systems = compare(
-            entries, ctx.durations, rounds=ctx.rounds, fractions=ctx.fractions, long_fraction=TAIL_FRACTION
-        )
-        print("  low load, overload ...", flush=True)
-        _low_load(ctx, main, naive, systems)
-        _overload(ctx, main, systems)
+        systems = _judged_phases(ctx, entries, main, naive)
         print("  echo (system tax), recommendations ...", flush=True)
         echo_figures = compare(
             [Entry("tandem", tandem, echo, LIGHT_CONCURRENCY, False), Entry("B2", b2, echo, LIGHT_CONCURRENCY, False)],
@@ -311,13 +315,7 @@ def minilm(ctx: Context) -> dict[str, Any]:
         entries = [main, naive]
         print("  pipeline efficiency (Tandem saturated, then B0 on its batches) ...", flush=True)
         pipeline = _pipeline(ctx, main, module, inputs_for)
-        print("  one client, saturation, sweep ...", flush=True)
-        systems = compare(
-            entries, ctx.durations, rounds=ctx.rounds, fractions=ctx.fractions, long_fraction=TAIL_FRACTION
-        )
-        print("  low load, overload ...", flush=True)
-        _low_load(ctx, main, naive, systems)
-        _overload(ctx, main, systems)
+        systems = _judged_phases(ctx, entries, main, naive)
         b1.stop()
         systems.update(_peer_window(ctx, fleet, main, module))
     print("  B0 again ...", flush=True)

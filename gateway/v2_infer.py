@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tandem.common.errors import error_from_code
 from tandem.common.wire import InferRequest
+from tandem.gateway.body import read_body
 from tandem.gateway.deadlines import TIMEOUT_HEADER, Deadline, deadline_from_header
 from tandem.gateway.http_errors import error_parts
 from tandem.gateway.limits import check_infer_limits, send_json_error
@@ -153,26 +154,6 @@ class RouteTemplate:
     path: str
 
 
-class ClientGone(Exception):
-    """The client disconnected before its body was read: nobody is left to answer."""
-
-
-async def _receive_body(receive: Receive, limit_bytes: int) -> bytes:
-    chunks: list[bytes] = []
-    received = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit_bytes:  # BodyLimitMiddleware refuses first; this keeps the path safe on its own
-            raise HTTPException(413, f"request body exceeds the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 _ROUTES = {template: RouteTemplate(template) for template in (INFER_PATH, INFER_VERSION_PATH)}
 
 
@@ -198,11 +179,11 @@ class InferFastPath:
             headers = _infer_headers(scope)
             deadline = deadline_for(state, headers)
             state.pool.check_served(model, version)
-            body = await _receive_body(receive, state.settings.max_body_bytes)
+            body = await read_body(Request(scope, receive), state.settings.max_body_bytes)
             answer = await run_infer(
                 state, app.state.traffic, model, version, body, headers, deadline, scope.setdefault("state", {})
             )
-        except ClientGone:
+        except ClientDisconnect:  # nobody is left to answer
             return
         except Exception as exc:  # every error gets its answer; error_parts tells them apart
             status, message, extra = error_parts(exc, scope["method"], scope["path"])

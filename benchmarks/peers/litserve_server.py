@@ -8,12 +8,11 @@ Run by ``benchmarks/peers``: ``python litserve_server.py --port P --model-file F
 
 from __future__ import annotations
 
-import argparse
-
 import litserve as ls
 import numpy as np
 import torch
 import v2_batch
+from peer_cli import parse_arguments
 
 
 class API(ls.LitAPI):
@@ -49,14 +48,7 @@ class API(ls.LitAPI):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model-file", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=5)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.splitlines()[0])
     api = API(
         args.model_file,
         args.model,

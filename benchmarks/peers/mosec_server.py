@@ -9,7 +9,6 @@ Run by ``benchmarks/peers``: ``python mosec_server.py --port P --model-file F --
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import v2_batch
 from mosec import Server, Worker
+from peer_cli import parse_arguments
 
 MODEL_FILE_ENV = "PEER_MODEL_FILE"
 MODEL_NAME_ENV = "PEER_MODEL_NAME"
@@ -42,14 +42,7 @@ class Model(Worker):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model-file", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=5)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.splitlines()[0])
     os.environ[MODEL_FILE_ENV] = args.model_file
     os.environ[MODEL_NAME_ENV] = args.model
     os.environ[THREADS_ENV] = str(args.torch_threads)
