@@ -127,9 +127,13 @@ class Stack:
 
     def wait_ready(self) -> None:
         """Block until every gateway answers ready."""
-        for url in self.gateway_urls:
-            if not wait_http_ok(f"{url}/v2/health/ready", STACK_READY_TIMEOUT_S):
-                raise RuntimeError(f"the gateway at {url} did not become ready; see the output above")
+        processes = dict(self.children)
+        for index, url in enumerate(self.gateway_urls):
+            # Given its process, the wait ends as soon as a gateway dies (say, its port is taken).
+            gateway = processes[f"gateway-{index}"]
+            if not wait_http_ok(f"{url}/v2/health/ready", STACK_READY_TIMEOUT_S, process=gateway):
+                exited = "" if gateway.poll() is None else f" (it exited with code {gateway.poll()})"
+                raise RuntimeError(f"the gateway at {url} did not become ready{exited}; see the output above")
 
     def first_exited(self) -> tuple[str, int] | None:
         """The name and exit code of a child that has exited, if any."""

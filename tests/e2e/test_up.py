@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tandem.processes import child_environment, free_port, tandem_command, wait_http_ok
+from tandem.processes import child_environment, tandem_command, wait_http_ok
+from tests.support.ports import free_port_run
 
 # Generous: a first start creates the MLflow database and trains the demo ranker, slow on a busy 2-core box.
 START_TIMEOUT_S = 420.0
@@ -39,7 +40,7 @@ def processes_with_home(home: Path) -> list[int]:
 @pytest.mark.timeout(600)
 def test_up_serves_the_readme_example_on_every_gateway_and_stops_cleanly(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    port = free_port()
+    port = free_port_run(2)  # one port per gateway
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
