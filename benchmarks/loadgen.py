@@ -50,6 +50,8 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_by_status: dict[int, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
+    client_delays_s: list[float] = field(default_factory=list)
+    """Open loop: how late the client itself started each request (its own CPU share, not the server's)."""
     elapsed_s: float = 0.0
     sent: int = 0
     mode: str = ""
@@ -107,6 +109,8 @@ class LoadResult:
             "p99_ms_by_status": {str(k): round(self.percentile_ms(99, k), 3) for k in self.latencies_by_status},
             "errors": dict(self.errors),
         }
+        if self.client_delays_s:
+            figures["client_delay_ms"] = _percentiles_ms(self.client_delays_s)
         if deadline_s is not None:
             figures["deadline_ms"] = round(deadline_s * 1000, 3)
             figures["goodput_rps"] = round(self.goodput(deadline_s), 1)
@@ -271,6 +275,7 @@ async def open_loop(
 
     async def one(scheduled: float) -> None:
         nonlocal opened
+        result.client_delays_s.append(time.perf_counter() - scheduled)
         # Like an HTTP client's pool, drop connections idle for longer than a server keeps them (uvicorn: 5 s):
         # reusing one races the server closing it, which is a client artifact, not a server error.
         now = time.perf_counter()

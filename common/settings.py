@@ -144,6 +144,14 @@ class GatewaySettings(BaseSettings):
         16, ge=0, description="A hedge goes only to a worker with at most this many rows queued."
     )
     max_inflight: int = Field(4096, ge=1, description="Requests one gateway process holds at once; past it 503.")
+    shed_lag_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Refuse a POST (503) while requests wait in the gateway's own queue for more than this share"
+        " of their deadline (the event loop's sustained lag); 0 turns it off.",
+    )
+    shed_lag_floor_ms: float = Field(5.0, ge=0, description="Lag below which nothing is refused for lag.")
     trace_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="Where spans go: none (tracing off), console, or otlp (to otlp_endpoint)."
     )

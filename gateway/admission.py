@@ -1,8 +1,17 @@
-"""Admission control: a bound on the requests one gateway process works on at once.
+"""Admission control: what one gateway process refuses at once rather than answer too late.
 
-Past the bound a POST is refused at once with 503 and ``Retry-After`` instead of queueing work that would time
-out; a refusal costs microseconds, so the gateway stays responsive under any overload. Health and metadata calls
-are never refused. A pure ASGI middleware, so admitted requests pay one counter increment.
+Two bounds, each answered with 503 and ``Retry-After`` instead of queueing work that would time out:
+
+- the requests in flight in this process (``max_inflight``): work waiting on workers;
+- the gateway's own queue, when its CPU is the bottleneck: requests then wait unseen in socket buffers, and the
+  event loop's sustained lateness (``loop_lag.LoopLag``) is that wait. A POST is refused when the lag takes more
+  than ``lag_share`` of the request's deadline (never below ``lag_floor_s``): such a request would spend its budget
+  queueing, and refusing it costs a fraction of serving it, which leaves the CPU to requests that can still make
+  their deadlines. A caller with a long deadline (a batch job, a closed-loop benchmark) is not refused for lag
+  its deadline can absorb.
+
+Health and metadata calls are never refused. A pure ASGI middleware: an admitted request pays a counter
+increment and one comparison.
 """
 
 from __future__ import annotations
@@ -11,21 +20,61 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tandem.gateway import metrics
+from tandem.gateway.deadlines import TIMEOUT_HEADER
+from tandem.gateway.loop_lag import LoopLag
 
 RETRY_AFTER_S = b"1"
+_TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
+_MS_PER_S = 1000.0
 
 
 class Admission:
-    """Counts requests in flight against ``max_inflight``."""
+    """Counts requests in flight against ``max_inflight`` and judges the event loop's lag against deadlines."""
 
-    def __init__(self, max_inflight: int) -> None:
+    def __init__(
+        self,
+        max_inflight: int,
+        *,
+        lag: LoopLag | None = None,
+        lag_share: float = 0.25,
+        lag_floor_s: float = 0.005,
+        default_budget_ms: float = 1000.0,
+    ) -> None:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.rejected = 0
+        self.lag = lag
+        self.lag_share = lag_share
+        self.lag_floor_s = lag_floor_s
+        self.default_budget_ms = default_budget_ms
+
+    def lag_refusal(self, scope: Scope) -> str | None:
+        """Why a request with ``scope``'s deadline is refused for the loop's lag; None when it is admitted."""
+        lag = self.lag
+        if lag is None or lag.sustained_s <= self.lag_floor_s:
+            return None
+        budget_ms = _budget_ms(scope, self.default_budget_ms)
+        if budget_ms is None or lag.sustained_s <= self.lag_share * budget_ms / _MS_PER_S:
+            return None
+        return (
+            f"gateway is overloaded: requests wait {lag.sustained_s * _MS_PER_S:.0f} ms before it reads them,"
+            f" more than {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
+        )
+
+
+def _budget_ms(scope: Scope, default_ms: float) -> float | None:
+    """The request's deadline in ms (its header, else the default); None when the header is not a number."""
+    for name, value in scope["headers"]:
+        if name == _TIMEOUT_HEADER:
+            try:
+                return float(value)
+            except ValueError:
+                return None  # the route answers 400, naming the header
+    return default_ms
 
 
 class AdmissionMiddleware:
-    """Refuses POSTs beyond ``admission.max_inflight`` with 503 and ``Retry-After``."""
+    """Refuses POSTs past ``admission``'s bounds with 503 and ``Retry-After``."""
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
@@ -40,23 +89,31 @@ class AdmissionMiddleware:
             return
         admission = self.admission
         if admission.inflight >= admission.max_inflight:
-            admission.rejected += 1
             metrics.SHED.labels("gateway_inflight").inc()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(self._body)).encode()),
-                        (b"retry-after", RETRY_AFTER_S),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": self._body})
+            await self._refuse(send, self._body)
+            return
+        refusal = admission.lag_refusal(scope)
+        if refusal is not None:
+            metrics.SHED.labels("gateway_loop_lag").inc()
+            await self._refuse(send, orjson.dumps({"error": refusal}))
             return
         admission.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             admission.inflight -= 1
+
+    async def _refuse(self, send: Send, body: bytes) -> None:
+        self.admission.rejected += 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", RETRY_AFTER_S),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -26,6 +26,7 @@ from tandem.gateway.feature_store import FeatureStore, open_feature_store
 from tandem.gateway.hedging import HedgePolicy, parse_models
 from tandem.gateway.http_errors import install_error_handlers
 from tandem.gateway.limits import BodyLimitMiddleware
+from tandem.gateway.loop_lag import LoopLag
 from tandem.gateway.metrics import MetricsMiddleware
 from tandem.gateway.metrics import router as metrics_router
 from tandem.gateway.prediction_cache import PredictionCache
@@ -95,11 +96,20 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
                 prediction_cache=PredictionCache.from_settings(settings),
                 drift=DriftMonitor.from_settings(settings, pool_references(pool)),
             )
+            if admission.lag is not None:
+                admission.lag.start()
+                stack.callback(admission.lag.stop)
             freeze_startup_objects()  # see common/gc_pauses.py
             yield
 
     app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)
-    admission = Admission(settings.max_inflight)
+    admission = Admission(
+        settings.max_inflight,
+        lag=LoopLag() if settings.shed_lag_share > 0 else None,
+        lag_share=settings.shed_lag_share,
+        lag_floor_s=settings.shed_lag_floor_ms / 1000,
+        default_budget_ms=settings.request_timeout_ms,
+    )
     app.state.admission = admission
     if settings.infer_fast_path:
         app.add_middleware(InferFastPath)  # innermost: every middleware below applies to the calls it serves

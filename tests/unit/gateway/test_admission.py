@@ -1,0 +1,147 @@
+"""Admission control: the in-flight bound, and refusing requests that would spend their deadline queueing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tandem.gateway.admission import Admission, AdmissionMiddleware
+from tandem.gateway.loop_lag import LoopLag
+
+
+class _FixedLag(LoopLag):
+    """Reports a set lag, as the monitor would have measured it."""
+
+    def __init__(self, lag_s: float) -> None:
+        super().__init__()
+        self.lag_s = lag_s
+
+    @property
+    def sustained_s(self) -> float:
+        return self.lag_s
+
+
+def _admission(lag_s: float, **kwargs: float) -> Admission:
+    return Admission(8, lag=_FixedLag(lag_s), **kwargs)
+
+
+def _scope(timeout_ms: str | None = None) -> dict[str, object]:
+    headers = [(b"content-type", b"application/json")]
+    if timeout_ms is not None:
+        headers.append((b"x-request-timeout-ms", timeout_ms.encode()))
+    return {"type": "http", "method": "POST", "headers": headers}
+
+
+def test_a_request_is_refused_when_the_lag_takes_more_than_its_share_of_the_deadline() -> None:
+    admission = _admission(0.030, lag_share=0.25)
+    reason = admission.lag_refusal(_scope("100"))
+    assert reason is not None
+    assert "wait 30 ms" in reason and "100 ms deadline" in reason
+
+
+def test_the_same_lag_is_admitted_for_a_deadline_that_absorbs_it() -> None:
+    admission = _admission(0.030, lag_share=0.25)
+    assert admission.lag_refusal(_scope("20000")) is None
+    assert admission.lag_refusal(_scope("121")) is None
+
+
+def test_without_a_header_the_default_deadline_is_the_budget() -> None:
+    assert _admission(0.030, lag_share=0.25, default_budget_ms=100).lag_refusal(_scope()) is not None
+    assert _admission(0.030, lag_share=0.25, default_budget_ms=1000).lag_refusal(_scope()) is None
+
+
+def test_lag_under_the_floor_is_never_refused() -> None:
+    admission = _admission(0.004, lag_share=0.01, lag_floor_s=0.005)
+    assert admission.lag_refusal(_scope("1")) is None
+
+
+def test_a_malformed_timeout_header_is_left_to_the_route_to_reject() -> None:
+    assert _admission(0.5).lag_refusal(_scope("soon")) is None
+
+
+def test_no_lag_monitor_refuses_nothing() -> None:
+    assert Admission(8).lag_refusal(_scope("1")) is None
+
+
+def _app(admission: Admission) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/work")
+    async def work() -> dict[str, bool]:
+        return {"done": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    app.add_middleware(AdmissionMiddleware, admission=admission)
+    return app
+
+
+def test_a_refusal_is_503_with_retry_after_and_a_reason_while_health_still_answers() -> None:
+    admission = _admission(0.040, lag_share=0.25)
+
+    async def calls() -> tuple[httpx.Response, ...]:
+        transport = httpx.ASGITransport(app=_app(admission))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return (
+                await client.post("/work", headers={"X-Request-Timeout-Ms": "100"}),
+                await client.post("/work", headers={"X-Request-Timeout-Ms": "5000"}),
+                await client.get("/v2/health/ready"),
+            )
+
+    refused, admitted, health = asyncio.run(calls())
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "overloaded" in refused.json()["error"]
+    assert admitted.status_code == 200 and admitted.json() == {"done": True}
+    assert health.status_code == 200
+    assert admission.rejected == 1
+    assert admission.inflight == 0
+
+
+def test_the_lag_monitor_reports_a_standing_queue_and_forgets_it_once_it_drains() -> None:
+    asyncio.run(_standing_queue_then_idle())
+
+
+async def _standing_queue_then_idle() -> None:
+    lag = LoopLag(tick_s=0.001, window_s=0.02)
+    lag.start()
+    try:
+        # Every loop round is held up 15 ms, as when each poll finds more requests than the CPU can serve.
+        ends = time.monotonic() + 0.3
+        while time.monotonic() < ends:
+            time.sleep(0.015)
+            await asyncio.sleep(0)
+        assert lag.sustained_s >= 0.005
+        await asyncio.sleep(0.005)  # the loop is idle again: the first tick on time clears it
+        assert lag.sustained_s < 0.005
+    finally:
+        lag.stop()
+    assert lag.sustained_s == 0.0
+
+
+def test_one_long_pause_is_not_a_standing_queue() -> None:
+    asyncio.run(_one_long_pause())
+
+
+async def _one_long_pause() -> None:
+    lag = LoopLag(tick_s=0.001, window_s=0.05)
+    lag.start()
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)  # one stall: the window it ends in had on-time ticks before it
+        await asyncio.sleep(0.005)
+        assert lag.sustained_s < 0.05
+    finally:
+        lag.stop()
+
+
+@pytest.mark.parametrize(("share", "refused"), [(0.1, True), (0.5, False)])
+def test_the_threshold_scales_with_the_share(share: float, refused: bool) -> None:
+    # 40 ms of lag against a 100 ms deadline: over a 10 ms share, under a 50 ms one.
+    assert (_admission(0.040, lag_share=share).lag_refusal(_scope("100")) is not None) is refused
