@@ -1,10 +1,10 @@
 """The gateway's link to its workers: one ZeroMQ DEALER per worker, pings, routing and retries.
 
-Ownership: everything here runs on the gateway's event loop thread. Each ``WorkerLink`` has a receive task
-(replies resolve futures in the ``PendingReplies`` table; pongs refresh the worker's state) and a monitor task
-(a TCP disconnect marks the worker down at once, so a SIGKILLed worker's requests fail over immediately
-instead of waiting for their deadline). One ping task pings every worker and marks down any worker silent for
-longer than ``silence_s`` (a hung process keeps its TCP connection open).
+Ownership: everything here runs on the gateway's event loop thread. Each ``WorkerLink``'s socket is read by a
+``SocketReader`` (replies resolve futures in the ``PendingReplies`` table; pongs refresh the worker's state), and
+so is its monitor socket (a TCP disconnect marks the worker down at once, so a SIGKILLed worker's requests fail
+over immediately instead of waiting for their deadline). One ping task pings every worker and marks down any
+worker silent for longer than ``silence_s`` (a hung process keeps its TCP connection open).
 
 Sockets use ``ZMQ_IMMEDIATE`` so that nothing queues towards a worker that is not connected: a send then fails
 at once and the request goes elsewhere, and no stale request reaches a worker when it comes back.
@@ -27,18 +27,18 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from opentelemetry.trace import Span, StatusCode
 from zmq.utils.monitor import parse_monitor_message
 
 from tandem.common import wire
 from tandem.common.curve import CurveClientConfig, secure_client
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
+from tandem.common.socket_reader import SocketReader
 from tandem.common.tracing import inject, tracer
 from tandem.common.wire import Cancel, InferRequest, Ping, Pong, Reply, WireError
 from tandem.gateway import metrics
@@ -54,20 +54,34 @@ DEFAULT_HEDGE_MAX_QUEUED_ROWS = 16
 _MONITORED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 _MS_PER_S = 1000.0
 
+LinkCallback = Callable[["WorkerLink", list[zmq.Frame]], None]
+
 
 class WorkerLink:
     """One worker endpoint: its socket and what its last pong said."""
 
-    def __init__(self, endpoint: str, context: zmq.asyncio.Context, curve: CurveClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        context: zmq.Context,
+        curve: CurveClientConfig | None = None,
+        *,
+        on_message: LinkCallback,
+        on_monitor: LinkCallback,
+    ) -> None:
         self.endpoint = endpoint
-        self.socket: zmq.asyncio.Socket = context.socket(zmq.DEALER)
+        self.socket: zmq.Socket = context.socket(zmq.DEALER)
         secure_client(self.socket, curve)  # CURVE when configured (None: plain TCP)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.setsockopt(zmq.RCVHWM, SEND_HWM)
-        self.monitor: zmq.asyncio.Socket = self.socket.get_monitor_socket(_MONITORED_EVENTS)
+        self.monitor: zmq.Socket = self.socket.get_monitor_socket(_MONITORED_EVENTS)
         self.socket.connect(endpoint)
+        self.reader = SocketReader(self.socket, lambda frames: on_message(self, frames), name=f"worker {endpoint}")
+        self.monitor_reader = SocketReader(
+            self.monitor, lambda frames: on_monitor(self, frames), name=f"monitor of {endpoint}"
+        )
         self.alive = False
         self.ready = False
         self.last_pong_at = float("-inf")
@@ -91,8 +105,15 @@ class WorkerLink:
             for m in self.models
         )
 
+    def start(self) -> None:
+        """Read both sockets on the running loop."""
+        self.reader.start()
+        self.monitor_reader.start()
+
     def close(self) -> None:
-        """Close both sockets without waiting for unsent messages."""
+        """Stop reading and close both sockets without waiting for unsent messages."""
+        self.reader.stop()
+        self.monitor_reader.stop()
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
 
@@ -128,9 +149,8 @@ class WorkerPool:
         hedge_max_queued_rows: int = DEFAULT_HEDGE_MAX_QUEUED_ROWS,
         curve: CurveClientConfig | None = None,
     ) -> None:
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         self._links: list[WorkerLink] = []
-        self._link_tasks: dict[WorkerLink, list[asyncio.Task[None]]] = {}
         self._pending = PendingReplies()
         self._ping_interval_s = ping_interval_s
         self._silence_s = silence_s
@@ -163,12 +183,11 @@ class WorkerPool:
         """Connect to another worker (discovery found it); no-op when already known."""
         if endpoint in self.endpoints:
             return
-        link = WorkerLink(endpoint, self._context, self._curve)
+        link = WorkerLink(
+            endpoint, self._context, self._curve, on_message=self._on_message, on_monitor=self._on_monitor
+        )
         self._links.append(link)
-        self._link_tasks[link] = [
-            asyncio.create_task(self._receive(link), name=f"recv {endpoint}"),
-            asyncio.create_task(self._watch(link), name=f"monitor {endpoint}"),
-        ]
+        link.start()
         log.info("connecting to worker %s", endpoint)
 
     async def remove_endpoint(self, endpoint: str) -> None:
@@ -177,17 +196,11 @@ class WorkerPool:
             if link.endpoint == endpoint:
                 self._links.remove(link)
                 self._mark_down(link, "removed by discovery")
-                await self._stop_link(link)
+                self._stop_link(link)
                 log.info("disconnected from worker %s", endpoint)
                 return
 
-    async def _stop_link(self, link: WorkerLink) -> None:
-        tasks = self._link_tasks.pop(link, [])
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _stop_link(self, link: WorkerLink) -> None:
         self._pending.fail_worker(link, "gateway is shutting down")
         link.close()
 
@@ -199,7 +212,7 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for link in list(self._links):
-            await self._stop_link(link)
+            self._stop_link(link)
         self._links.clear()
         self._context.term()
 
@@ -451,7 +464,7 @@ class WorkerPool:
             request.budget_ms = remaining_ms
             request.trace = inject(span)
             # Encoded now: the request object is reused, with another id, by a hedge or a retry.
-            if not _send_now(link.socket, wire.encode(request)):
+            if not _send_now(link, wire.encode(request)):
                 # Not connected (IMMEDIATE) or its queue is full: try another worker.
                 self._pending.discard(attempt_id)
                 span.end()
@@ -462,11 +475,9 @@ class WorkerPool:
             return link
 
     def _send_quietly(self, link: WorkerLink, message: wire.Message) -> None:
-        try:
-            future = link.socket.send_multipart(wire.encode(message), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return
-        future.add_done_callback(_consume_exception)
+        # A fire-and-forget send (ping, cancel) may fail when the worker is away; that is expected.
+        with contextlib.suppress(zmq.ZMQError):
+            _send_now(link, wire.encode(message))
 
     def _mark_down(self, link: WorkerLink, reason: str) -> None:
         self._models_table = None
@@ -493,26 +504,22 @@ class WorkerPool:
         link.expected_wait_ms = pong.expected_wait_ms
         link.models = [m for m in pong.models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
-    async def _receive(self, link: WorkerLink) -> None:
-        while True:
-            frames = await link.socket.recv_multipart(copy=False)
-            try:
-                message = wire.decode(frames)
-                if isinstance(message, Reply):
-                    link.progress_at = time.monotonic()
-                    self._pending.resolve(message)
-                elif isinstance(message, Pong):
-                    self._on_pong(link, message)
-            except WireError as exc:
-                log.warning("dropping a malformed message from %s: %s", link.endpoint, exc.message)
-            except Exception:
-                log.exception("error handling a message from %s", link.endpoint)
+    def _on_message(self, link: WorkerLink, frames: list[zmq.Frame]) -> None:
+        try:
+            message = wire.decode(frames)
+        except WireError as exc:
+            log.warning("dropping a malformed message from %s: %s", link.endpoint, exc.message)
+            return
+        if isinstance(message, Reply):
+            link.progress_at = time.monotonic()
+            self._pending.resolve(message)
+        elif isinstance(message, Pong):
+            self._on_pong(link, message)
 
-    async def _watch(self, link: WorkerLink) -> None:
-        while True:
-            event = parse_monitor_message(await link.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._mark_down(link, "connection closed")
+    def _on_monitor(self, link: WorkerLink, frames: list[zmq.Frame]) -> None:
+        event = parse_monitor_message([frame.bytes for frame in frames])
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self._mark_down(link, "connection closed")
 
     async def _ping_forever(self) -> None:
         while True:
@@ -533,22 +540,12 @@ def _deadline_error(deadline: Deadline) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline of {deadline.budget_ms:g} ms exceeded before a worker answered")
 
 
-def _send_now(socket: zmq.asyncio.Socket, frames: list[wire.Buffer]) -> bool:
+def _send_now(link: WorkerLink, frames: list[wire.Buffer]) -> bool:
     """Send without blocking; False when the socket cannot take the message now (zmq.Again)."""
-    # With NOBLOCK, zmq.asyncio tries the send at once and reports EAGAIN on the returned future.
-    future = socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-    if not future.done():
-        future.add_done_callback(_consume_exception)
-        return True
-    error = future.exception()
-    if isinstance(error, zmq.Again):
+    try:
+        link.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again:
         return False
-    if error is not None:
-        raise error
+    finally:
+        link.reader.after_send()
     return True
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A fire-and-forget send (ping, cancel) may fail when the worker is away; that is expected.
-    if not future.cancelled():
-        future.exception()
