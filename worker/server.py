@@ -2,7 +2,7 @@
 
 Who owns what:
 
-- The asyncio event loop thread owns the ROUTER socket (``zmq.asyncio``), decoding, admission (resolve,
+- The asyncio event loop thread owns the ROUTER socket (read by a ``SocketReader``), decoding, admission (resolve,
   validate, offer to the batcher), the batcher, the model slots, the counters and every reply. Only this thread
   touches the socket.
 - One inference thread (``ThreadPoolExecutor(max_workers=1)``) runs ``run_batch`` and ``retire``: the only code
@@ -14,10 +14,11 @@ Who owns what:
   (``worker/registry.py`` decides, ``worker/swap.py`` swaps: loads on a loader thread, retires on the
   inference thread).
 
-Two coroutines run on the loop: the receive loop (one message per iteration) and the batch loop (one batch per
-iteration). The only ``except Exception`` sits at the top of each iteration: it logs, answers the requests that
-iteration held with an error, and the loop goes on. Every admitted request is answered exactly once (``ok``, an
-error code, or ``model_unavailable`` at shutdown); ``_Job.answered`` guards that.
+On the loop, the socket's reader handles each message as it is drained (``_on_message``) and one coroutine, the
+batch loop, runs one batch per iteration. The only ``except Exception`` sits at the top of each message and each
+iteration: it logs, answers the requests it held with an error, and the worker goes on. Every admitted request
+is answered exactly once (``ok``, an error code, or ``model_unavailable`` at shutdown); ``_Job.answered`` guards
+that.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tandem.common.errors import (
 from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.logs import configure_logging
 from tandem.common.settings import WorkerSettings
+from tandem.common.socket_reader import SocketReader
 from tandem.common.tracing import extract, setup_tracing, tracer
 from tandem.common.wire import (
     Cancel,
@@ -132,15 +134,17 @@ class WorkerServer:
         self._latency = BatchLatencyModel()
         self.models_snapshot: list[tuple[str, str, list[str]]] = []
         self._running_until = 0.0  # predicted end of the batch computing now (clock seconds)
+        # An asyncio context for the ZAP handler's socket (``common/curve.py``); the ROUTER itself is a plain socket.
         self._context = zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._socket: zmq.Socket | None = None
+        self._reader: SocketReader | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-inference")
         self._inline_compute_s = settings.inline_compute_ms / 1000
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Bind the ROUTER socket and start the receive and batch loops."""
-        sock = self._context.socket(zmq.ROUTER)
+        """Bind the ROUTER socket, start reading it and start the batch loop."""
+        sock = zmq.Socket(self._context, zmq.ROUTER)
         self._zap_task = secure_server(sock, self.settings)  # frame-size cap; CURVE and ZAP when configured
         sock.setsockopt(zmq.LINGER, 0)
         # A ROUTER drops replies past its send high-water mark; replies are bounded by max_queue_rows already.
@@ -149,10 +153,9 @@ class WorkerServer:
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("worker %s listening on %s", self.settings.worker_id, self.endpoint)
-        self._tasks = [
-            asyncio.create_task(self._receive_loop(), name="tandem-receive"),
-            asyncio.create_task(self._batch_loop(), name="tandem-batch"),
-        ]
+        self._reader = SocketReader(sock, self._on_message, name="worker socket")
+        self._reader.start()
+        self._tasks = [asyncio.create_task(self._batch_loop(), name="tandem-batch")]
 
     async def load_models(self) -> None:
         """Load every configured model on a loader thread (one copy per version, shared by aliases), then report
@@ -169,7 +172,7 @@ class WorkerServer:
         self._watch_registry()
 
     async def serve_forever(self) -> None:
-        """Run until cancelled (or until a loop fails, which is a bug: the loops catch per iteration)."""
+        """Run until cancelled (or until the batch loop fails, which is a bug: it catches per iteration)."""
         await asyncio.gather(*self._tasks)
 
     async def retire(self, model: LoadedModel) -> None:
@@ -193,50 +196,46 @@ class WorkerServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.stop()
         if self._socket is not None:
             # Best effort: with linger 0 a reply still in the socket's buffers may be dropped; gateways also
             # fail the pending requests of a worker that goes silent.
             for job in [*leftover, *self._batcher.drain()]:
                 if not job.answered:
-                    await self._answer_error(job, ModelUnavailable("worker is shutting down"))
+                    self._answer_error(job, ModelUnavailable("worker is shutting down"))
             self._socket.close(linger=0)
         self._context.destroy(linger=0)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _receive_loop(self) -> None:
-        sock = self._socket
-        if sock is None:
-            raise RuntimeError("start() binds the socket before the loops run")
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            received = self._clock()
-            identity = frames[0].bytes
-            unanswered: InferRequest | None = None
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        received = self._clock()
+        identity = frames[0].bytes
+        unanswered: InferRequest | None = None
+        try:
             try:
-                try:
-                    message = decode(frames[1:], max_tensor_bytes=self.settings.max_tensor_bytes)
-                except WireError as exc:
-                    reply = Reply(peek_request_id(frames[1:]), exc.code, model="", error=exc.message)
-                    await self._send(identity, reply)
-                    continue
-                if isinstance(message, InferRequest):
-                    unanswered = message
-                    await self._admit(identity, message, received)
-                    unanswered = None
-                elif isinstance(message, Ping):
-                    await self._send(identity, self._pong(message.seq))
-                elif isinstance(message, Cancel):
-                    job = self._batcher.cancel((identity, message.request_id))
-                    if job is not None:
-                        self._finish(job)
-                else:
-                    log.debug("ignoring a %s message sent to a worker", type(message).__name__)
-            except Exception:
-                log.exception("failed to handle a message")
-                if unanswered is not None:
-                    await self._send(identity, _error_reply(unanswered, InternalError()))
+                message = decode(frames[1:], max_tensor_bytes=self.settings.max_tensor_bytes)
+            except WireError as exc:
+                self._send(identity, Reply(peek_request_id(frames[1:]), exc.code, model="", error=exc.message))
+                return
+            if isinstance(message, InferRequest):
+                unanswered = message
+                self._admit(identity, message, received)
+                unanswered = None
+            elif isinstance(message, Ping):
+                self._send(identity, self._pong(message.seq))
+            elif isinstance(message, Cancel):
+                job = self._batcher.cancel((identity, message.request_id))
+                if job is not None:
+                    self._finish(job)
+            else:
+                log.debug("ignoring a %s message sent to a worker", type(message).__name__)
+        except Exception:
+            log.exception("failed to handle a message")
+            if unanswered is not None:
+                self._send(identity, _error_reply(unanswered, InternalError()))
 
-    async def _admit(self, identity: bytes, request: InferRequest, received: float) -> None:
+    def _admit(self, identity: bytes, request: InferRequest, received: float) -> None:
         """Queue ``request`` for a batch, or answer it at once with the reason it cannot be."""
         try:
             if not self.ready:
@@ -259,7 +258,7 @@ class WorkerServer:
             self._inflight += 1
             self.slots.hold(model)  # a swap retires ``model`` only once no admitted request holds it
         except TandemError as exc:
-            await self._send(identity, _error_reply(request, exc))
+            self._send(identity, _error_reply(request, exc))
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -270,7 +269,7 @@ class WorkerServer:
                 continue
             try:
                 for job in batch.expired:
-                    await self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
+                    self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
                 if not batch.items:
                     continue
                 self._running = batch.items
@@ -289,13 +288,13 @@ class WorkerServer:
                 self._record_batch(model, batch, started, computed_s)
                 trace_batch(model, batch.items, started_ns, time.time_ns())
                 for job, tensors in zip(batch.items, outputs, strict=True):
-                    await self._answer(job, tensors)
+                    self._answer(job, tensors)
             except Exception as exc:
                 log.exception("batch of %d requests for %s failed", len(batch.items), batch.key)
                 error = exc if isinstance(exc, TandemError) else InternalError()
                 for job in [*batch.expired, *batch.items]:
                     if not job.answered:
-                        await self._answer_error(job, error)
+                        self._answer_error(job, error)
             finally:
                 self._running = []
 
@@ -364,21 +363,27 @@ class WorkerServer:
         self._inflight -= 1
         self.slots.release(job.model)
 
-    async def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
+    def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
         self._finish(job)
         metrics.WORKER_REQUESTS.labels(job.model.name, STATUS_OK).inc()
         selected = tensors if job.outputs is None else [tensors[i] for i in job.outputs]
         reply = Reply(job.request.request_id, STATUS_OK, job.model.name, version=job.model.version, outputs=selected)
-        await self._send(job.identity, reply)
+        self._send(job.identity, reply)
 
-    async def _answer_error(self, job: _Job, error: TandemError) -> None:
+    def _answer_error(self, job: _Job, error: TandemError) -> None:
         self._finish(job)
         metrics.WORKER_REQUESTS.labels(job.model.name, error.code).inc()
-        await self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
+        self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
 
-    async def _send(self, identity: bytes, message: Reply | Pong) -> None:
-        if self._socket is not None:
-            await self._socket.send_multipart([identity, *encode(message)], copy=False)
+    def _send(self, identity: bytes, message: Reply | Pong) -> None:
+        if self._socket is None or self._socket.closed:
+            return
+        try:
+            # A ROUTER never blocks on send (SNDHWM 0); one whose peer has gone drops the message.
+            self._socket.send_multipart([identity, *encode(message)], flags=zmq.NOBLOCK, copy=False)
+        finally:
+            if self._reader is not None:
+                self._reader.after_send()
 
 
 def trace_batch(model: LoadedModel, jobs: list[_Job], started_ns: int, ended_ns: int) -> None:
