@@ -19,8 +19,9 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tandem.common.errors import BadRequest
 from tandem.gateway import metrics
-from tandem.gateway.deadlines import TIMEOUT_HEADER
+from tandem.gateway.deadlines import TIMEOUT_HEADER, budget_from_header
 from tandem.gateway.loop_lag import LoopLag
 
 RETRY_AFTER_S = b"1"
@@ -39,6 +40,7 @@ class Admission:
         lag_share: float = 0.25,
         lag_floor_s: float = 0.005,
         default_budget_ms: float = 1000.0,
+        max_budget_ms: float = 30_000.0,
     ) -> None:
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -47,30 +49,26 @@ class Admission:
         self.lag_share = lag_share
         self.lag_floor_s = lag_floor_s
         self.default_budget_ms = default_budget_ms
+        self.max_budget_ms = max_budget_ms
 
     def lag_refusal(self, scope: Scope) -> str | None:
         """Why a request with ``scope``'s deadline is refused for the loop's lag; None when it is admitted."""
-        lag = self.lag
-        if lag is None or lag.sustained_s <= self.lag_floor_s:
+        if self.lag is None:
             return None
-        budget_ms = _budget_ms(scope, self.default_budget_ms)
-        if budget_ms is None or lag.sustained_s <= self.lag_share * budget_ms / _MS_PER_S:
+        wait_s = self.lag.sustained_s
+        if wait_s <= self.lag_floor_s:
+            return None
+        header = next((value for name, value in scope["headers"] if name == _TIMEOUT_HEADER), None)
+        try:
+            budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
+        except BadRequest:
+            return None  # admitted: the route answers 400, naming the header
+        if wait_s <= self.lag_share * budget_ms / _MS_PER_S:
             return None
         return (
-            f"gateway is overloaded: requests wait {lag.sustained_s * _MS_PER_S:.0f} ms before it reads them,"
+            f"gateway is overloaded: requests wait {wait_s * _MS_PER_S:.0f} ms before it reads them,"
             f" more than {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
         )
-
-
-def _budget_ms(scope: Scope, default_ms: float) -> float | None:
-    """The request's deadline in ms (its header, else the default); None when the header is not a number."""
-    for name, value in scope["headers"]:
-        if name == _TIMEOUT_HEADER:
-            try:
-                return float(value)
-            except ValueError:
-                return None  # the route answers 400, naming the header
-    return default_ms
 
 
 class AdmissionMiddleware:

@@ -109,6 +109,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
         lag_share=settings.shed_lag_share,
         lag_floor_s=settings.shed_lag_floor_ms / 1000,
         default_budget_ms=settings.request_timeout_ms,
+        max_budget_ms=settings.max_request_timeout_ms,
     )
     app.state.admission = admission
     if settings.infer_fast_path:

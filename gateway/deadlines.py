@@ -44,14 +44,19 @@ class Deadline:
             raise DeadlineExceeded(f"deadline of {self.budget_ms:g} ms exceeded before {what}")
 
 
-def deadline_from_header(value: str | None, *, default_ms: float, max_ms: float) -> Deadline:
-    """Build a request's deadline from its ``X-Request-Timeout-Ms`` header (or the default)."""
+def budget_from_header(value: str | bytes | None, *, default_ms: float, max_ms: float) -> float:
+    """A request's budget in ms from its ``X-Request-Timeout-Ms`` header (or the default); BadRequest if invalid."""
     if value is None:
-        return Deadline(default_ms)
+        return default_ms
     try:
         budget = float(value)
     except ValueError:
         raise BadRequest(f"header X-Request-Timeout-Ms must be a number of milliseconds, got {value!r}") from None
     if not 0 < budget <= max_ms:
         raise BadRequest(f"header X-Request-Timeout-Ms must be in (0, {max_ms:g}], got {value!r}")
-    return Deadline(budget)
+    return budget
+
+
+def deadline_from_header(value: str | None, *, default_ms: float, max_ms: float) -> Deadline:
+    """Build a request's deadline from its ``X-Request-Timeout-Ms`` header (or the default)."""
+    return Deadline(budget_from_header(value, default_ms=default_ms, max_ms=max_ms))

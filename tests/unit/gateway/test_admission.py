@@ -61,6 +61,9 @@ def test_lag_under_the_floor_is_never_refused() -> None:
 
 def test_a_malformed_timeout_header_is_left_to_the_route_to_reject() -> None:
     assert _admission(0.5).lag_refusal(_scope("soon")) is None
+    # The route's own bounds apply: out of range is the route's 400, not a lag refusal.
+    assert _admission(0.5, max_budget_ms=30_000).lag_refusal(_scope("0")) is None
+    assert _admission(0.5, max_budget_ms=30_000).lag_refusal(_scope("40000")) is None
 
 
 def test_no_lag_monitor_refuses_nothing() -> None:
