@@ -11,6 +11,9 @@ Two counters, neither of which can exceed the true size of the head, so a head w
 refused: the request line and every completed header as the parser reports them (exact), and the chunks read
 while a head is incomplete at both ends of the chunk (a single endless header line is never reported as a
 field until it ends). So memory stays within the limit plus two read chunks.
+
+It also writes through a ``CoalescingTransport``, so a response's head and body leave in one write
+(``gateway/coalescing_transport.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from tandem.gateway.coalescing_transport import CoalescingTransport
 
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
 HEAD_TOO_LARGE = 431
@@ -49,6 +54,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._field_bytes = 0
         self._chunk_bytes = 0
         self._too_large = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Take the connection, writing through a ``CoalescingTransport`` (one write per response)."""
+        super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; count the chunk when it lies wholly inside one incomplete head."""

@@ -19,6 +19,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.write_calls = 0
         self.closed = False
 
     def get_extra_info(self, name: str, default: object = None) -> object:
@@ -27,6 +28,7 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closed:
             self.written += data
+            self.write_calls += 1
 
     def close(self) -> None:
         self.closed = True
@@ -78,6 +80,14 @@ def test_a_small_request_is_served(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.sleep(0.01))
     assert _status(transport) == 200
     assert not transport.closed
+
+
+def test_a_responses_head_and_body_leave_in_one_write(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.write_calls == 1
+    assert bytes(transport.written).endswith(b"\r\n\r\nok")
 
 
 def test_many_headers_past_the_limit_get_431_and_the_connection_closes(loop: asyncio.AbstractEventLoop) -> None:
