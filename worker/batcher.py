@@ -10,10 +10,23 @@ No sockets and no threads here: the server's event loop calls every method. The 
    batch holds at most ``max_batch_size`` rows. A request is never split and never skipped over to fit a later
    one; a request larger than ``max_batch_size`` forms a batch alone.
 4. Requests whose deadline has passed when ``take()`` reaches them are split off as ``expired``: they are
-   answered ``deadline_exceeded`` and never computed. Given a latency prediction, ``take()`` also never forms a
-   batch whose predicted compute time would make its tightest request miss its deadline: the batch stops
-   before the request that would break that, and a request that cannot make its deadline even alone is
-   expired at once rather than computed in vain.
+   answered ``deadline_exceeded`` and never computed. Given a latency prediction ``c(rows)``, ``take()`` never
+   computes a request that its batch would make late:
+
+   - A batch holds no more rows than one predicted to take a third of its head request's budget
+     (``BATCH_SHARE_OF_BUDGET``, ``batch_rows_for``; always at least the head itself). A request may wait for
+     the batch in flight and one queued batch, then run in its own. Nexus (SOSP '19) sizes batches the same
+     way with a half (the batch in flight, then its own); a third leaves admission (``worker/server.py``)
+     room for one queued batch and its safety margin. Without a bound a deep queue forms batches that take
+     longer than the deadline.
+   - When the batch so formed would make some of its requests late, it is cut short before the first one
+     that breaks the tightest deadline, but only if that costs the requests left out nothing: each still
+     makes its deadline after the short batch and then theirs. Otherwise the requests the full batch would
+     make late are expired at once ("early drop"). Cutting batches short under overload is a spiral: a
+     deep queue's heads have little time left, short batches pay the fixed cost per batch more often, the
+     queue falls further behind and the next heads have even less time (measured on MiniLM at 2x overload:
+     batches of 1-7 rows with 100 queued, goodput 0.36-0.45 of peak).
+   - A request that cannot make its deadline even alone is expired rather than computed in vain.
 5. At most ``max_queue_rows`` rows are queued: ``offer()`` refuses a request that would exceed that (the server
    answers ``overloaded`` at once, so callers can retry elsewhere).
 6. Fairness across keys: the next batch belongs to the key whose oldest queued request arrived first (round
@@ -45,6 +58,9 @@ ModelKey = tuple[str, str]
 Clock = Callable[[], float]
 Predict = Callable[[ModelKey, int], "float | None"]
 
+BATCH_SHARE_OF_BUDGET = 1 / 3
+"""A batch's predicted compute time may be at most this share of its head request's budget (invariant 4)."""
+
 
 @dataclass(slots=True, eq=False)
 class _Entry(Generic[T]):
@@ -52,6 +68,7 @@ class _Entry(Generic[T]):
     seq: int
     rows: int
     deadline: float
+    budget: float
     item: T
     token: Hashable | None
     live: bool = True
@@ -100,7 +117,7 @@ class Batcher(Generic[T]):
         """
         if self._rows + rows > self.max_queue_rows:
             return False
-        entry = _Entry(key, next(self._seq), rows, deadline, item, token)
+        entry = _Entry(key, next(self._seq), rows, deadline, deadline - self._clock(), item, token)
         self._rows_by_key[key] = self._rows_by_key.get(key, 0) + rows
         self._queues.setdefault(key, deque()).append(entry)
         if token is not None:
@@ -148,8 +165,12 @@ class Batcher(Generic[T]):
         queue = self._queues[key]
         batch: Batch[T] = Batch(key)
         now = self._clock()
-        tightest = float("inf")
-        while queue and batch.rows < self.max_batch_size:
+        most_rows = self.max_batch_size
+        if predict is not None:
+            most_rows = self.batch_rows_for(key, heads[key].budget, predict)
+        candidates: list[_Entry[T]] = []
+        rows = 0
+        while queue:
             entry = queue[0]
             if not entry.live:
                 queue.popleft()
@@ -159,24 +180,46 @@ class Batcher(Generic[T]):
                 self._leave(entry)
                 batch.expired.append(entry.item)
                 continue
-            if batch.items and batch.rows + entry.rows > self.max_batch_size:
+            if candidates and rows + entry.rows > most_rows:
                 break
-            predicted = predict(key, batch.rows + entry.rows) if predict is not None else None
-            if predicted is not None and now + predicted > min(tightest, entry.deadline):
-                if batch.items:
-                    break
-                queue.popleft()
-                self._leave(entry)
-                batch.expired.append(entry.item)
-                continue
             queue.popleft()
+            candidates.append(entry)
+            rows += entry.rows
+        run, late = candidates, []
+        if predict is not None and candidates:
+            run, late = _fit_deadlines(key, candidates, now, predict)
+            # Cut short: the rest go back to the head of the queue, in order.
+            for entry in reversed(candidates[len(run) + len(late) :]):
+                queue.appendleft(entry)
+        for entry in late:
+            self._leave(entry)
+            batch.expired.append(entry.item)
+        for entry in run:
             self._leave(entry)
             batch.items.append(entry.item)
             batch.rows += entry.rows
-            tightest = min(tightest, entry.deadline)
         if not queue:
             del self._queues[key]
         return batch
+
+    def batch_rows_for(self, key: ModelKey, budget_s: float, predict: Predict) -> int:
+        """Most rows a batch of ``key`` may hold for a head request with ``budget_s``: the largest size up to
+        ``max_batch_size`` predicted to compute within ``BATCH_SHARE_OF_BUDGET`` of it (at least 1;
+        ``max_batch_size`` while there is no prediction). Assumes the prediction does not fall as rows grow.
+        """
+        limit = budget_s * BATCH_SHARE_OF_BUDGET
+        low, high = 1, self.max_batch_size
+        top = predict(key, high)
+        if top is None or top <= limit:
+            return high
+        while low < high:  # the largest n with predict(n) <= limit, or 1
+            middle = (low + high + 1) // 2
+            predicted = predict(key, middle)
+            if predicted is not None and predicted <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def drain(self) -> list[T]:
         """Remove and return every queued item, oldest first (used at shutdown to answer them)."""
@@ -196,3 +239,33 @@ class Batcher(Generic[T]):
         self._count -= 1
         if entry.token is not None and self._tokens.get(entry.token) is entry:
             del self._tokens[entry.token]
+
+
+def _fit_deadlines(
+    key: ModelKey, candidates: list[_Entry[T]], now: float, predict: Predict
+) -> tuple[list[_Entry[T]], list[_Entry[T]]]:
+    """Which ``candidates`` (in order) to run now and which to expire as late; any others wait (invariant 4).
+
+    Returns ``(run, late)``: all of them when the batch meets every deadline; a prefix and no late ones when
+    the batch is cut short; otherwise the requests that make their deadline in the full batch, and the rest
+    as late.
+    """
+    full_s = predict(key, sum(entry.rows for entry in candidates))
+    if full_s is None or all(now + full_s <= entry.deadline for entry in candidates):
+        return candidates, []
+    cut, prefix_rows, tightest = 0, 0, float("inf")
+    for entry in candidates:
+        predicted = predict(key, prefix_rows + entry.rows)
+        if predicted is None or now + predicted > min(tightest, entry.deadline):
+            break
+        cut, prefix_rows, tightest = cut + 1, prefix_rows + entry.rows, min(tightest, entry.deadline)
+    if cut:
+        rest = candidates[cut:]
+        short_s = predict(key, prefix_rows) or 0.0
+        rest_s = predict(key, sum(entry.rows for entry in rest)) or 0.0
+        if all(now + short_s + rest_s <= entry.deadline for entry in rest):
+            return candidates[:cut], []
+    return (
+        [entry for entry in candidates if now + full_s <= entry.deadline],
+        [entry for entry in candidates if now + full_s > entry.deadline],
+    )

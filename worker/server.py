@@ -66,7 +66,7 @@ from tandem.common.wire import (
     peek_request_id,
 )
 from tandem.worker import metrics
-from tandem.worker.batcher import Batch, Batcher, Clock
+from tandem.worker.batcher import Batch, Batcher, Clock, ModelKey
 from tandem.worker.discovery import register_forever
 from tandem.worker.latency import BatchLatencyModel
 from tandem.worker.loader import LoadedModel, ModelRef, ModelSource, build_model, resolve_device
@@ -298,12 +298,28 @@ class WorkerServer:
             finally:
                 self._running = []
 
-    def _expected_wait_s(self, now: float) -> float | None:
-        """Predicted seconds until a newcomer's batch could start: the batch computing, then the queue."""
+    def _expected_wait_s(
+        self, now: float, newcomer: tuple[ModelKey, int] | None = None, budget_s: float | None = None
+    ) -> float | None:
+        """Predicted seconds until the queue is computed: the batch in flight, then every queued row.
+
+        With a ``newcomer`` (its key and rows) queued last, that is when the newcomer is answered: its batch
+        is counted as full, since under load the requests that arrive before it runs fill it. With
+        ``budget_s``, rows run in batches of the size a request with that budget gets
+        (``Batcher.batch_rows_for``); without, in batches of ``max_batch_size``. None while a model's batch
+        times are still unknown.
+        """
         wait = max(0.0, self._running_until - now) if self._running else 0.0
-        size = self.settings.max_batch_size
-        for key, rows in self._batcher.rows_by_key().items():
+        queued = dict(self._batcher.rows_by_key())
+        if newcomer is not None:
+            queued[newcomer[0]] = queued.get(newcomer[0], 0) + newcomer[1]
+        for key, rows in queued.items():
+            size = self.settings.max_batch_size
+            if budget_s is not None:
+                size = self._batcher.batch_rows_for(key, budget_s, self._latency.predict)
             full, rest = divmod(rows, size)
+            if newcomer is not None and key == newcomer[0] and rest:
+                full, rest = full + 1, 0  # later arrivals fill the newcomer's batch before it runs
             for batch_rows, count in ((size, full), (rest, 1 if rest else 0)):
                 if count:
                     predicted = self._latency.predict(key, batch_rows)
@@ -312,16 +328,15 @@ class WorkerServer:
                     wait += count * predicted
         return wait
 
-    def _shed_if_late(self, key: tuple[str, str], rows: int, now: float, deadline: float) -> None:
+    def _shed_if_late(self, key: ModelKey, rows: int, now: float, deadline: float) -> None:
         """Refuse at once (``overloaded``) a request predicted to miss its deadline, instead of queueing it."""
-        own = self._latency.predict(key, rows)
-        wait = self._expected_wait_s(now)
-        if own is None or wait is None:
+        expected = self._expected_wait_s(now, (key, rows), deadline - now)
+        if expected is None:
             return
         # Leave some of the budget for the reply's way back and for misprediction.
-        if now + (wait + own) * SHED_SAFETY_FACTOR > deadline:
+        if now + expected * SHED_SAFETY_FACTOR > deadline:
             raise Overloaded(
-                f"worker is too busy to answer within the deadline (expected {1000 * (wait + own):.0f} ms, "
+                f"worker is too busy to answer within the deadline (expected {1000 * expected:.0f} ms, "
                 f"{1000 * (deadline - now):.0f} ms left)"
             )
 

@@ -193,6 +193,40 @@ def test_deadline_passing_in_the_queue_is_answered_without_computing(tmp_path: P
     run_with_server(tmp_path, scenario)
 
 
+def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(tmp_path: Path) -> None:
+    """Batches of ``gate`` are taught to take 0.1 s + 10 ms a row; one 1-row batch computes, 10 rows queue.
+
+    A 600 ms newcomer gets batches of at most 10 rows (a third of its budget): the queued 10 fill one and its
+    own, filled by later arrivals, is a second, so 110 + 2 x 200 = 510 ms, over 600 ms with the 1.25 margin:
+    refused. Counting only its own row (the queue as one batch, then 110 ms for itself) would have admitted it.
+    A 700 ms newcomer gets 13-row batches: 110 + 230 = 340 ms, admitted.
+    """
+
+    async def scenario(h: Harness) -> None:
+        for _ in range(4):
+            for rows in (1, 10, 40):
+                h.server._latency.observe(("gate", "3"), rows, 0.1 + 0.01 * rows)
+        await h.send(request("busy", 1.0))
+        await h.batch_is_computing()
+        await h.send(request("queued", 1.0, rows=10))
+        await h.send(request("tight", 1.0, budget_ms=600))
+        reply = await h.recv()
+        assert isinstance(reply, Reply) and reply.request_id == "tight"
+        assert reply.status == "overloaded" and "too busy" in (reply.error or "")
+        await h.send(request("roomy", 1.0, budget_ms=700))
+        pong = await h.sync()
+        assert pong.queued_rows == 11
+        h.gate.opened.set()
+        statuses = {}
+        while len(statuses) < 3:
+            reply = await h.recv()
+            assert isinstance(reply, Reply)
+            statuses[reply.request_id] = reply.status
+        assert statuses == {"busy": "ok", "queued": "ok", "roomy": "ok"}
+
+    run_with_server(tmp_path, scenario)
+
+
 def test_a_failing_batch_is_answered_internal_and_serving_goes_on(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         h.gate.opened.set()

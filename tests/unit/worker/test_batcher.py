@@ -219,9 +219,10 @@ def test_limits_must_be_positive() -> None:
 
 
 def test_take_stops_before_a_request_that_would_make_the_tightest_miss() -> None:
-    now = [0.0]
+    now = [-0.1]  # the tight request has waited 100 ms of its 125: half its budget still allows 31 rows
     batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: now[0])
     batcher.offer(("m", "1"), "tight", rows=1, deadline=0.025)
+    now[0] = 0.0
     batcher.offer(("m", "1"), "loose-a", rows=10, deadline=1.0)
     batcher.offer(("m", "1"), "loose-b", rows=10, deadline=1.0)
 
@@ -234,12 +235,42 @@ def test_take_stops_before_a_request_that_would_make_the_tightest_miss() -> None
     assert second is not None and second.items == ["loose-b"]
 
 
+def test_a_batch_holds_no_more_than_a_third_of_its_heads_budget_can_compute() -> None:
+    now = [0.0]
+    batcher: Batcher[str] = Batcher(max_batch_size=256, max_queue_rows=1000, clock=lambda: now[0])
+    for index in range(100):
+        batcher.offer(("m", "1"), f"r{index}", rows=1, deadline=1.0)  # a 1 s budget each
+
+    def predict(key: tuple[str, str], rows: int) -> float:
+        return 0.05 + 0.01 * rows  # a third of a second holds 28 rows
+
+    first = batcher.take(predict)
+    assert first is not None and len(first.items) == 28 and first.expired == []
+    now[0] = 0.4
+    second = batcher.take(predict)  # the rest still make their deadline in a batch of the same size
+    assert second is not None and len(second.items) == 28 and second.expired == []
+
+
+def test_batch_rows_for_a_budget() -> None:
+    batcher: Batcher[str] = Batcher(max_batch_size=64, max_queue_rows=1000)
+
+    def predict(key: tuple[str, str], rows: int) -> float:
+        return 0.01 * rows
+
+    assert batcher.batch_rows_for(A, 0.61, predict) == 20
+    assert batcher.batch_rows_for(A, 10.0, predict) == 64  # never past max_batch_size
+    assert batcher.batch_rows_for(A, 0.001, predict) == 1  # a request always fits in a batch of its own
+    assert batcher.batch_rows_for(A, 0.001, lambda key, rows: None) == 64  # nothing learned yet: no limit
+
+
 def test_take_expires_a_request_that_cannot_make_its_deadline_even_alone() -> None:
     batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: 0.0)
     batcher.offer(("m", "1"), "hopeless", rows=1, deadline=0.001)
     batcher.offer(("m", "1"), "fine", rows=1, deadline=1.0)
     batch = batcher.take(lambda key, rows: 0.01)
-    assert batch is not None and batch.expired == ["hopeless"] and batch.items == ["fine"]
+    assert batch is not None and batch.expired == ["hopeless"] and batch.items == []
+    batch = batcher.take(lambda key, rows: 0.01)  # a batch is sized by its head: the next one, "fine"
+    assert batch is not None and batch.expired == [] and batch.items == ["fine"]
 
 
 def test_take_without_a_prediction_ignores_compute_time() -> None:
@@ -258,3 +289,36 @@ def test_rows_by_key_follows_offers_and_takes() -> None:
     batcher.cancel("y")
     batcher.take()
     assert batcher.rows_by_key() == {("b", "1"): 2}
+
+
+def test_a_cut_that_would_make_the_rest_late_expires_the_late_instead() -> None:
+    """Under overload the heads have little time left; cutting batches short for them is a spiral."""
+    now = [0.0]
+    batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: now[0])
+    for index in range(10):
+        batcher.offer(("m", "1"), f"old{index}", rows=1, deadline=1.0)
+    for index in range(30):
+        batcher.offer(("m", "1"), f"new{index}", rows=1, deadline=2.0)
+    now[0] = 0.95  # the old ones have 50 ms left; the new ones 1,050 ms
+
+    def predict(key: tuple[str, str], rows: int) -> float:
+        return 0.03 + 0.01 * rows  # 1 row: 40 ms; 40 rows: 430 ms
+
+    batch = batcher.take(predict)
+    assert batch is not None
+    assert batch.expired == [f"old{index}" for index in range(10)]  # not a batch of one, then the rest late
+    assert batch.items == [f"new{index}" for index in range(20)]  # 30 rows by the old head's budget, less 10
+    assert len(batcher) == 10
+
+
+def test_a_cut_short_batch_puts_the_rest_back_in_order() -> None:
+    now = [-0.2]
+    batcher: Batcher[str] = Batcher(max_batch_size=100, max_queue_rows=1000, clock=lambda: now[0])
+    batcher.offer(("m", "1"), "tight", rows=1, deadline=0.02)
+    now[0] = 0.0
+    for index in range(5):
+        batcher.offer(("m", "1"), f"loose{index}", rows=2, deadline=1.0)
+    first = batcher.take(lambda key, rows: 0.002 * rows)
+    assert first is not None and first.items == ["tight", "loose0", "loose1", "loose2", "loose3"]
+    second = batcher.take(lambda key, rows: 0.002 * rows)
+    assert second is not None and second.items == ["loose4"] and second.expired == []
