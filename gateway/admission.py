@@ -12,6 +12,12 @@ Two bounds, each answered with 503 and ``Retry-After`` instead of queueing work 
 
 Health and metadata calls are never refused. A pure ASGI middleware: an admitted request pays a counter
 increment and one comparison.
+
+The lag bound is also checked where the gateway's HTTP protocol has just parsed a request's head
+(``gateway/http_protocol.py``, which finds this ``Admission`` in the lifespan state under
+``ADMISSION_STATE_KEY``): a refusal there is answered by ``refusal_app`` without the middleware chain, request
+log line or tracing, a fraction of what refusing inside the app costs. Under overload refusals are most of
+the traffic, and what they cost is taken from the requests still served.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from tandem.gateway.deadlines import TIMEOUT_HEADER, budget_from_header
 from tandem.gateway.loop_lag import LoopLag
 
 RETRY_AFTER_S = b"1"
+ADMISSION_STATE_KEY = "tandem.admission"
+"""Where the gateway's lifespan state holds its ``Admission`` for the HTTP protocol to find."""
 _TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 _MS_PER_S = 1000.0
 
@@ -53,12 +61,17 @@ class Admission:
 
     def lag_refusal(self, scope: Scope) -> str | None:
         """Why a request with ``scope``'s deadline is refused for the loop's lag; None when it is admitted."""
+        if self.lag is None or self.lag.sustained_s <= self.lag_floor_s:
+            return None
+        return self.lag_refusal_for(next((value for name, value in scope["headers"] if name == _TIMEOUT_HEADER), None))
+
+    def lag_refusal_for(self, header: bytes | None) -> str | None:
+        """``lag_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
         if self.lag is None:
             return None
         wait_s = self.lag.sustained_s
         if wait_s <= self.lag_floor_s:
             return None
-        header = next((value for name, value in scope["headers"] if name == _TIMEOUT_HEADER), None)
         try:
             budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
         except BadRequest:
@@ -103,15 +116,33 @@ class AdmissionMiddleware:
 
     async def _refuse(self, send: Send, body: bytes) -> None:
         self.admission.rejected += 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", RETRY_AFTER_S),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_refusal(send, body)
+
+
+async def send_refusal(send: Send, body: bytes) -> None:
+    """Answer 503 with ``Retry-After`` and the JSON ``body``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", RETRY_AFTER_S),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def refusal_app(admission: Admission, reason: str) -> ASGIApp:
+    """An ASGI app that refuses one request for the loop's lag, counted as the middleware counts refusals."""
+    body = orjson.dumps({"error": reason})
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        admission.rejected += 1
+        metrics.SHED.labels("gateway_loop_lag").inc()
+        metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
+        await send_refusal(send, body)
+
+    return refuse

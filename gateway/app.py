@@ -18,7 +18,7 @@ from tandem.common.curve import CurveClientConfig
 from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.privacy import IdHasher
 from tandem.common.settings import GatewaySettings
-from tandem.gateway.admission import Admission, AdmissionMiddleware
+from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission, AdmissionMiddleware
 from tandem.gateway.auth import AuthMiddleware, AuthPolicy
 from tandem.gateway.discovery import RedisDiscovery
 from tandem.gateway.drift import DriftMonitor, pool_references
@@ -74,7 +74,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     """A gateway app serving the V2 protocol and the product endpoints, for ``settings``."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Admission]]:
         async with AsyncExitStack() as stack:
             pool = WorkerPool(
                 settings.worker_endpoints() if settings.discovery == STATIC_DISCOVERY else [],
@@ -100,7 +100,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
                 admission.lag.start()
                 stack.callback(admission.lag.stop)
             freeze_startup_objects()  # see common/gc_pauses.py
-            yield
+            yield {ADMISSION_STATE_KEY: admission}  # uvicorn hands it to the HTTP protocol
 
     app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)
     admission = Admission(

@@ -13,7 +13,8 @@ while a head is incomplete at both ends of the chunk (a single endless header li
 field until it ends). So memory stays within the limit plus two read chunks.
 
 It also writes through a ``CoalescingTransport``, so a response's head and body leave in one write
-(``gateway/coalescing_transport.py``).
+(``gateway/coalescing_transport.py``), and refuses a POST for the event loop's lag as soon as its head is
+parsed, when the gateway's ``Admission`` is in the lifespan state (``gateway/admission.py``).
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission, refusal_app
 from tandem.gateway.coalescing_transport import CoalescingTransport
+from tandem.gateway.deadlines import TIMEOUT_HEADER
 
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
 HEAD_TOO_LARGE = 431
 _FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF of each header line
+_TIMEOUT_HEADER = TIMEOUT_HEADER.lower().encode()
+_POST = b"POST"
 
 
 class HeadTooLarge(httptools.HttpParserError):
@@ -54,6 +59,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._field_bytes = 0
         self._chunk_bytes = 0
         self._too_large = False
+        self._timeout_header: bytes | None = None
+        self._admission: Admission | None = app_state.get(ADMISSION_STATE_KEY)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Take the connection, writing through a ``CoalescingTransport`` (one write per response)."""
@@ -78,6 +85,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._field_bytes = self._chunk_bytes = 0
+        self._timeout_header = None
 
     def on_url(self, url: bytes) -> None:
         """Count the request target (it may arrive in pieces)."""
@@ -87,11 +95,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """Count a completed header line."""
         self._count(len(name) + len(value) + _FIELD_OVERHEAD_BYTES)
+        if len(name) == len(_TIMEOUT_HEADER) and name.lower() == _TIMEOUT_HEADER:
+            self._timeout_header = value.strip()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head ended within the limit."""
+        """The head ended within the limit: refuse it here if the loop's lag says so, else serve it."""
         self._in_head = False
+        admission = self._admission
+        if admission is not None and admission.lag is not None and self.parser.get_method() == _POST:
+            reason = admission.lag_refusal_for(self._timeout_header)
+            if reason is not None:
+                # uvicorn picks ``self.app`` for the request here (as it does for its own concurrency limit).
+                app, self.app = self.app, refusal_app(admission, reason)
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.app = app
+                return
         super().on_headers_complete()
 
     def _count(self, size: int) -> None:

@@ -10,7 +10,9 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission
 from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
+from tandem.gateway.loop_lag import LoopLag
 
 LIMIT = 1024
 
@@ -58,9 +60,33 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def _connect(loop: asyncio.AbstractEventLoop) -> tuple[BoundedHttpToolsProtocol, FakeTransport]:
-    config = Config(app=_ok, h11_max_incomplete_event_size=LIMIT, log_level="critical", lifespan="off")
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+class FixedLag(LoopLag):
+    def __init__(self, lag_s: float) -> None:
+        super().__init__()
+        self.lag_s = lag_s
+
+    @property
+    def sustained_s(self) -> float:
+        return self.lag_s
+
+
+class CountingApp:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        self.calls += 1
+        await _ok(scope, receive, send)
+
+
+def _connect(
+    loop: asyncio.AbstractEventLoop, app_state: dict | None = None, app: object = _ok
+) -> tuple[BoundedHttpToolsProtocol, FakeTransport]:
+    config = Config(app=app, h11_max_incomplete_event_size=LIMIT, log_level="critical", lifespan="off")
+    config.load()
+    protocol = BoundedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state=app_state or {}, _loop=loop
+    )
     transport = FakeTransport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -131,3 +157,33 @@ def test_other_parse_errors_still_get_uvicorns_400(loop: asyncio.AbstractEventLo
     protocol, transport = _connect(loop)
     protocol.data_received(b"NOT HTTP AT ALL\r\n\r\n")
     assert _status(transport) == 400
+
+
+def _post(timeout_ms: int | None = None) -> bytes:
+    header = b"" if timeout_ms is None else b"X-Request-Timeout-Ms: %d\r\n" % timeout_ms
+    return b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n" + header + b"Content-Length: 2\r\n\r\n{}"
+
+
+def _overloaded(loop: asyncio.AbstractEventLoop, lag_s: float) -> tuple[FakeTransport, CountingApp, Admission]:
+    app = CountingApp()
+    admission = Admission(8, lag=FixedLag(lag_s), lag_share=0.25, default_budget_ms=1000)
+    protocol, transport = _connect(loop, {ADMISSION_STATE_KEY: admission}, app)
+    protocol.data_received(_post(100) + b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    return transport, app, admission
+
+
+def test_a_post_is_refused_for_the_loops_lag_as_soon_as_its_head_is_parsed(loop: asyncio.AbstractEventLoop) -> None:
+    transport, app, admission = _overloaded(loop, lag_s=0.050)  # 50 ms of lag: more than 25% of 100 ms
+    first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"503 ") and b"retry-after: 1" in first.lower()
+    assert b"of this request's 100 ms deadline" in first
+    assert second.startswith(b"200 ")  # the same connection goes on: the GET after it is served
+    assert app.calls == 1 and admission.rejected == 1
+    assert not transport.closed
+
+
+def test_a_post_whose_deadline_absorbs_the_lag_reaches_the_app(loop: asyncio.AbstractEventLoop) -> None:
+    transport, app, admission = _overloaded(loop, lag_s=0.010)
+    assert bytes(transport.written).count(b"HTTP/1.1 200 ") == 2
+    assert app.calls == 2 and admission.rejected == 0
