@@ -11,22 +11,11 @@ from fastapi import FastAPI
 
 from tandem.gateway.admission import Admission, AdmissionMiddleware
 from tandem.gateway.loop_lag import LoopLag
-
-
-class _FixedLag(LoopLag):
-    """Reports a set lag, as the monitor would have measured it."""
-
-    def __init__(self, lag_s: float) -> None:
-        super().__init__()
-        self.lag_s = lag_s
-
-    @property
-    def sustained_s(self) -> float:
-        return self.lag_s
+from tests.support.loop_lag import FixedLag
 
 
 def _admission(lag_s: float, **kwargs: float) -> Admission:
-    return Admission(8, lag=_FixedLag(lag_s), **kwargs)
+    return Admission(8, lag=FixedLag(lag_s), **kwargs)
 
 
 def _scope(timeout_ms: str | None = None) -> dict[str, object]:

@@ -12,7 +12,7 @@ from uvicorn.server import ServerState
 
 from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission
 from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
-from tandem.gateway.loop_lag import LoopLag
+from tests.support.loop_lag import FixedLag
 
 LIMIT = 1024
 
@@ -58,16 +58,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
-
-
-class FixedLag(LoopLag):
-    def __init__(self, lag_s: float) -> None:
-        super().__init__()
-        self.lag_s = lag_s
-
-    @property
-    def sustained_s(self) -> float:
-        return self.lag_s
 
 
 class CountingApp:
