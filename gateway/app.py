@@ -83,6 +83,8 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
                 hedging=hedge_policy(settings),
                 hedge_max_queued_rows=settings.hedge_max_queued_rows,
                 curve=CurveClientConfig.from_settings(settings),
+                # A reply waits out the loop's lag before it is read: workers are sent the budget left after it.
+                reply_delay_s=None if admission.lag is None else (lambda: admission.lag.sustained_s),
             )
             await pool.start()
             stack.push_async_callback(pool.close)

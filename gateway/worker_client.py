@@ -148,8 +148,14 @@ class WorkerPool:
         hedging: HedgePolicy | None = None,
         hedge_max_queued_rows: int = DEFAULT_HEDGE_MAX_QUEUED_ROWS,
         curve: CurveClientConfig | None = None,
+        reply_delay_s: Callable[[], float] | None = None,
     ) -> None:
+        """``reply_delay_s``, when given, says how long a reply now waits in this gateway before it is read (its
+        event loop's lag): it is taken off the budget a worker is sent, so the worker admits only what it can
+        answer in time for the gateway to read the answer before the deadline.
+        """
         self._context = zmq.Context()
+        self._reply_delay_s = reply_delay_s
         self._links: list[WorkerLink] = []
         self._pending = PendingReplies()
         self._ping_interval_s = ping_interval_s
@@ -462,6 +468,8 @@ class WorkerPool:
             )
             request.request_id = attempt_id
             request.budget_ms = remaining_ms
+            if self._reply_delay_s is not None:
+                request.budget_ms -= _MS_PER_S * self._reply_delay_s()
             request.trace = inject(span)
             # Encoded now: the request object is reused, with another id, by a hedge or a retry.
             if not _send_now(link, wire.encode(request)):

@@ -73,8 +73,16 @@ class ScriptedWorker:
 
 
 @contextlib.asynccontextmanager
-async def pool_of(*workers: ScriptedWorker, hedging: HedgePolicy | None = None) -> AsyncIterator[WorkerPool]:
-    pool = WorkerPool([w.endpoint for w in workers], ping_interval_s=0.05, silence_s=0.5, hedging=hedging)
+async def pool_of(
+    *workers: ScriptedWorker, hedging: HedgePolicy | None = None, reply_delay_s: Callable[[], float] | None = None
+) -> AsyncIterator[WorkerPool]:
+    pool = WorkerPool(
+        [w.endpoint for w in workers],
+        ping_interval_s=0.05,
+        silence_s=0.5,
+        hedging=hedging,
+        reply_delay_s=reply_delay_s,
+    )
     await pool.start()
     try:
         assert await pool.wait_ready(5.0)
@@ -109,6 +117,14 @@ async def test_a_request_is_answered_by_a_live_worker() -> None:
         assert reply.ok and reply.version == "1"
         np.testing.assert_array_equal(reply.outputs[0].to_numpy(), np.arange(4, dtype=np.float32))
         assert pool.models()["m"]["1"]["aliases"] == ["champion"]
+
+
+async def test_a_worker_is_sent_the_budget_left_after_the_gateways_own_reply_delay() -> None:
+    worker = started("echo")[0]
+    async with pool_of(worker, reply_delay_s=lambda: 0.3) as pool:
+        assert (await pool.infer(request(), Deadline(2000))).ok
+    (sent,) = [m for m in worker.received if isinstance(m, wire.InferRequest)]
+    assert 1600 < sent.budget_ms <= 1700  # 2,000 ms less the 300 ms a reply waits in the gateway's loop
 
 
 async def test_unknown_model_and_version_are_not_found() -> None:
