@@ -200,7 +200,9 @@ async def test_a_stalled_worker_is_passed_over_and_its_requests_hedge_on_the_res
     stuck, fast = started("slow", "echo")
     stuck.delay_s = 60.0  # holds every request: a stall
     # No budget beyond the reserve: only a request held by a stalled worker may hedge.
-    policy = HedgePolicy(models=None, fixed_delay_s=0.02, budget_ratio=0.0, burst=3.0, reserve=3.0)
+    # A stall is 200 ms without an answer: ten times the fast worker's 10 ms, so a busy test machine does not make
+    # the fast worker look stalled too (with 20 ms it did, and its requests hedged onto the stalled one).
+    policy = HedgePolicy(models=None, fixed_delay_s=0.2, budget_ratio=0.0, burst=3.0, reserve=3.0)
     async with pool_of(stuck, fast, hedging=policy) as pool:
         await wait_for(lambda: all(link.alive for link in pool.links))
         stuck_link = next(link for link in pool.links if link.endpoint == stuck.endpoint)
@@ -215,7 +217,7 @@ async def test_a_stalled_worker_is_passed_over_and_its_requests_hedge_on_the_res
         pool._send_attempt(request(), Deadline(5000), set(), held, hedge=False, link=stuck_link)
         for future in held:
             future.add_done_callback(lambda f: f.exception())  # failed when the pool closes
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # past the 200 ms stall threshold
         sent_before = sum(isinstance(m, wire.InferRequest) for m in stuck.received)
         fast.behaviour, fast.delay_s = "slow", 0.01  # now it holds more requests than the stalled worker
         replies = await asyncio.gather(*(pool.infer(request(), Deadline(2000)) for _ in range(20)))
