@@ -61,17 +61,24 @@ class Admission:
 
     def lag_refusal(self, scope: Scope) -> str | None:
         """Why a request with ``scope``'s deadline is refused for the loop's lag; None when it is admitted."""
-        if self.lag is None or self.lag.sustained_s <= self.lag_floor_s:
+        wait_s = self._lag_to_judge()
+        if wait_s is None:  # the common case: no header scan
             return None
-        return self.lag_refusal_for(next((value for name, value in scope["headers"] if name == _TIMEOUT_HEADER), None))
+        return self._lag_refusal(wait_s, next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
 
     def lag_refusal_for(self, header: bytes | None) -> str | None:
         """``lag_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
+        wait_s = self._lag_to_judge()
+        return None if wait_s is None else self._lag_refusal(wait_s, header)
+
+    def _lag_to_judge(self) -> float | None:
+        """The loop's sustained lag, read once, or None when it is too small to refuse anything for."""
         if self.lag is None:
             return None
         wait_s = self.lag.sustained_s
-        if wait_s <= self.lag_floor_s:
-            return None
+        return wait_s if wait_s > self.lag_floor_s else None
+
+    def _lag_refusal(self, wait_s: float, header: bytes | None) -> str | None:
         try:
             budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
         except BadRequest:

@@ -103,9 +103,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The head ended within the limit: refuse it here if the loop's lag says so, else serve it."""
         self._in_head = False
         admission = self._admission
-        if admission is not None and admission.lag is not None and self.parser.get_method() == _POST:
+        if admission is not None:
+            # The lag first: without a standing queue it is one comparison, and the method is not looked at.
             reason = admission.lag_refusal_for(self._timeout_header)
-            if reason is not None:
+            if reason is not None and self.parser.get_method() == _POST:
                 # uvicorn picks ``self.app`` for the request here (as it does for its own concurrency limit).
                 app, self.app = self.app, refusal_app(admission, reason)
                 try:
