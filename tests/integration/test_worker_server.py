@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import zmq.asyncio
 
 from tandem.common.settings import WorkerSettings
 from tandem.common.wire import Cancel, InferRequest, Message, Ping, Pong, Reply, Tensor, decode, encode
+from tandem.worker.latency import MIN_BATCHES
 from tandem.worker.loader import LoadedModel, TensorSignature
 from tandem.worker.server import WorkerServer
 from tandem.worker.slots import ModelSlots
@@ -284,3 +286,28 @@ def test_batches_known_to_be_short_run_on_the_event_loop(tmp_path: Path, inline_
         assert h.gate.threads[-1] == expected
 
     run_with_server(tmp_path, scenario, inline_compute_ms=inline_compute_ms)
+
+
+def test_the_latency_model_learns_compute_time_not_the_hand_off(tmp_path: Path) -> None:
+    """A light model whose first batches ran on the inference thread comes back to the loop however slow the
+    hand-off was: only the time inside ``run_batch`` is learned."""
+
+    async def scenario(h: Harness) -> None:
+        clock = h.clock
+
+        class SlowHandOff(ThreadPoolExecutor):
+            def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+                clock.now += 0.05  # a hand-off 50x longer than the inline bound, in the fake clock's time
+                return super().submit(fn, *args, **kwargs)
+
+        h.server._executor = SlowHandOff(max_workers=1, thread_name_prefix="tandem-inference")
+        h.gate.opened.set()
+        for i in range(MIN_BATCHES + 3):
+            await h.send(request(f"r{i}", float(i)))
+            reply = await h.recv()
+            assert isinstance(reply, Reply) and reply.ok
+        assert all(name.startswith("tandem-inference") for name in h.gate.threads[:MIN_BATCHES])
+        assert h.gate.threads[-1] == threading.current_thread().name
+        assert h.server._latency.predict(("gate", "3"), 1) == 0.0
+
+    run_with_server(tmp_path, scenario, inline_compute_ms=1.0)
