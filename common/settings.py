@@ -149,7 +149,8 @@ class GatewaySettings(BaseSettings):
         ge=0,
         le=1,
         description="Refuse a POST (503) while requests wait in the gateway's own queue for more than this share"
-        " of their deadline (the event loop's sustained lag); 0 turns it off.",
+        " of their deadline (the event loop's sustained lag, or, while the loop is CPU-bound, the time the"
+        " requests in flight take to finish); 0 turns it off.",
     )
     shed_lag_floor_ms: float = Field(5.0, ge=0, description="Lag below which nothing is refused for lag.")
     trace_exporter: Literal["none", "console", "otlp"] = Field(

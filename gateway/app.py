@@ -32,6 +32,7 @@ from tandem.gateway.metrics import router as metrics_router
 from tandem.gateway.prediction_cache import PredictionCache
 from tandem.gateway.request_log import RequestLogMiddleware
 from tandem.gateway.routes import recommendations, v2
+from tandem.gateway.saturation import Saturation
 from tandem.gateway.state import GatewayState
 from tandem.gateway.tracing import TracingMiddleware
 from tandem.gateway.v2_infer import InferFastPath
@@ -108,6 +109,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     admission = Admission(
         settings.max_inflight,
         lag=LoopLag() if settings.shed_lag_share > 0 else None,
+        saturation=Saturation() if settings.shed_lag_share > 0 else None,
         lag_share=settings.shed_lag_share,
         lag_floor_s=settings.shed_lag_floor_ms / 1000,
         default_budget_ms=settings.request_timeout_ms,
