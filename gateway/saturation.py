@@ -32,8 +32,9 @@ class Saturation:
         self._clock = clock
         self._cpu_clock = cpu_clock
         self._finished = 0
-        self._started = clock()
-        self._cpu_started = cpu_clock()
+        # The first window opens at the first tick: the loop's thread may not be the one that builds this.
+        self._started: float | None = None
+        self._cpu_started = 0.0
 
     def finished(self) -> None:
         """One admitted request finished."""
@@ -42,6 +43,9 @@ class Saturation:
     def tick(self) -> None:
         """A request arrived: close the window if it is over. Call from the event loop's thread."""
         now = self._clock()
+        if self._started is None:
+            self._started, self._cpu_started = now, self._cpu_clock()
+            return
         elapsed = now - self._started
         if elapsed < WINDOW_S:
             return
