@@ -17,11 +17,12 @@ Two bounds, each answered with 503 and ``Retry-After`` instead of queueing work 
 Health and metadata calls are never refused. A pure ASGI middleware: an admitted request pays a counter
 increment, a clock read and a few comparisons.
 
-The lag bound is also checked where the gateway's HTTP protocol has just parsed a request's head
-(``gateway/http_protocol.py``, which finds this ``Admission`` in the lifespan state under
+The lag and saturation bounds are also checked where the gateway's HTTP protocol has just parsed a request's
+head (``gateway/http_protocol.py``, which finds this ``Admission`` in the lifespan state under
 ``ADMISSION_STATE_KEY``): a refusal there is answered by ``refusal_app`` without the middleware chain, request
 log line or tracing, a fraction of what refusing inside the app costs. Under overload refusals are most of
-the traffic, and what they cost is taken from the requests still served.
+the traffic, and what they cost is taken from the requests still served. Saturation checked there too, ranker
+at 2x, six interleaved rounds: goodput 670-1,545 -> 1,162-2,342 req/s (better in five of six).
 """
 
 from __future__ import annotations
@@ -87,13 +88,18 @@ class Admission:
         ``inflight / finish_rate`` (Little's law), which may take ``lag_share`` of its deadline. At least
         ``MIN_SATURATED_INFLIGHT`` are always admitted, so a stalled rate never refuses everything.
         """
+        if self.saturation is None:
+            return None
+        return self.saturation_refusal_for(next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
+
+    def saturation_refusal_for(self, header: bytes | None) -> str | None:
+        """``saturation_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
         saturation = self.saturation
         if saturation is None:
             return None
         saturation.tick()
         if not saturation.saturated or self.inflight < MIN_SATURATED_INFLIGHT:
             return None
-        header = next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None)
         try:
             budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
         except BadRequest:
@@ -184,13 +190,13 @@ async def send_refusal(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def refusal_app(admission: Admission, reason: str) -> ASGIApp:
-    """An ASGI app that refuses one request for the loop's lag, counted as the middleware counts refusals."""
+def refusal_app(admission: Admission, reason: str, shed_reason: str = "gateway_loop_lag") -> ASGIApp:
+    """An ASGI app that refuses one request (``reason``), counted as the middleware counts refusals."""
     body = orjson.dumps({"error": reason})
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         admission.rejected += 1
-        metrics.SHED.labels("gateway_loop_lag").inc()
+        metrics.SHED.labels(shed_reason).inc()
         metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
         await send_refusal(send, body)
 

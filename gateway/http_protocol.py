@@ -13,8 +13,8 @@ while a head is incomplete at both ends of the chunk (a single endless header li
 field until it ends). So memory stays within the limit plus two read chunks.
 
 It also writes through a ``CoalescingTransport``, so a response's head and body leave in one write
-(``gateway/coalescing_transport.py``), and refuses a POST for the event loop's lag as soon as its head is
-parsed, when the gateway's ``Admission`` is in the lifespan state (``gateway/admission.py``).
+(``gateway/coalescing_transport.py``), and refuses a POST as soon as its head is parsed, for the event loop's lag
+or its saturation, when the gateway's ``Admission`` is in the lifespan state (``gateway/admission.py``).
 """
 
 from __future__ import annotations
@@ -100,15 +100,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head ended within the limit: refuse it here if the loop's lag says so, else serve it."""
+        """The head ended within the limit: refuse it here if the loop's lag or saturation says so, else serve it."""
         self._in_head = False
         admission = self._admission
         if admission is not None:
-            # The lag first: without a standing queue it is one comparison, and the method is not looked at.
-            reason = admission.lag_refusal_for(self._timeout_header)
+            # Without a standing queue or a saturated loop this is a few comparisons and one clock read, and the
+            # method is not looked at.
+            reason, shed_reason = admission.lag_refusal_for(self._timeout_header), "gateway_loop_lag"
+            if reason is None and admission.saturation is not None:
+                reason, shed_reason = admission.saturation_refusal_for(self._timeout_header), "gateway_saturated"
             if reason is not None and self.parser.get_method() == _POST:
                 # uvicorn picks ``self.app`` for the request here (as it does for its own concurrency limit).
-                app, self.app = self.app, refusal_app(admission, reason)
+                app, self.app = self.app, refusal_app(admission, reason, shed_reason)
                 try:
                     super().on_headers_complete()
                 finally:

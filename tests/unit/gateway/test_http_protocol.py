@@ -12,6 +12,7 @@ from uvicorn.server import ServerState
 
 from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission
 from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
+from tandem.gateway.saturation import Saturation
 from tests.support.loop_lag import FixedLag
 
 LIMIT = 1024
@@ -177,3 +178,18 @@ def test_a_post_whose_deadline_absorbs_the_lag_reaches_the_app(loop: asyncio.Abs
     transport, app, admission = _overloaded(loop, lag_s=0.010)
     assert bytes(transport.written).count(b"HTTP/1.1 200 ") == 2
     assert app.calls == 2 and admission.rejected == 0
+
+
+def test_a_post_is_refused_for_a_saturated_loop_as_soon_as_its_head_is_parsed(loop: asyncio.AbstractEventLoop) -> None:
+    app = CountingApp()
+    saturation = Saturation(clock=lambda: 0.0, cpu_clock=lambda: 0.0)
+    saturation.saturated, saturation.finish_rate = True, 1000.0  # 1,000 finished a second
+    admission = Admission(4096, lag_share=0.25, saturation=saturation)
+    admission.inflight = 30  # 30 ms to finish them: more than a quarter of 100 ms, within a quarter of 1 s
+    protocol, transport = _connect(loop, {ADMISSION_STATE_KEY: admission}, app)
+    protocol.data_received(_post(100) + _post(1000))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"503 ") and b"CPU is saturated" in first
+    assert second.startswith(b"200 ")
+    assert app.calls == 1 and admission.rejected == 1
