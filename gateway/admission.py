@@ -27,6 +27,8 @@ at 2x, six interleaved rounds: goodput 670-1,545 -> 1,162-2,342 req/s (better in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,7 +44,15 @@ ADMISSION_STATE_KEY = "tandem.admission"
 _TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 _MS_PER_S = 1000.0
 MIN_SATURATED_INFLIGHT = 8
-"""Requests a saturated gateway process always admits (``Admission.saturation_refusal``)."""
+"""Requests a saturated gateway process always admits (``Admission._waits_to_judge``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRefusal:
+    """Why a request is refused for the gateway's own queue, and the ``tandem_shed_total`` reason it counts as."""
+
+    reason: str
+    shed: str
 
 
 class Admission:
@@ -69,48 +79,52 @@ class Admission:
         self.max_budget_ms = max_budget_ms
         self.saturation = saturation
 
-    def lag_refusal(self, scope: Scope) -> str | None:
-        """Why a request with ``scope``'s deadline is refused for the loop's lag; None when it is admitted."""
-        wait_s = self._lag_to_judge()
-        if wait_s is None:  # the common case: no header scan
+    def queue_refusal(self, scope: Scope) -> QueueRefusal | None:
+        """Why a request with ``scope``'s deadline is refused for the gateway's own queue; None when admitted."""
+        waits = self._waits_to_judge()
+        if waits is None:  # the common case: no header scan
             return None
-        return self._lag_refusal(wait_s, next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
+        return self._refusal(*waits, next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
 
-    def lag_refusal_for(self, header: bytes | None) -> str | None:
-        """``lag_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
-        wait_s = self._lag_to_judge()
-        return None if wait_s is None else self._lag_refusal(wait_s, header)
+    def queue_refusal_for(self, header: bytes | None) -> QueueRefusal | None:
+        """``queue_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
+        waits = self._waits_to_judge()
+        return None if waits is None else self._refusal(*waits, header)
 
-    def saturation_refusal(self, scope: Scope) -> str | None:
-        """Why a request is refused while the event loop is CPU-bound; None when it is admitted.
+    def _waits_to_judge(self) -> tuple[float | None, Saturation | None] | None:
+        """The two measures of the gateway's queue worth judging, or None when neither is (no header is parsed).
 
-        Saturated, the loop finishes admitted requests at ``finish_rate``; a newcomer then waits for about
-        ``inflight / finish_rate`` (Little's law), which may take ``lag_share`` of its deadline. At least
+        The loop's sustained lag (``_lag_to_judge``), and while the loop is CPU-bound, its ``Saturation``: the
+        requests in flight take ``inflight / finish_rate`` to finish (Little's law). At least
         ``MIN_SATURATED_INFLIGHT`` are always admitted, so a stalled rate never refuses everything.
         """
-        if self.saturation is None:
-            return None
-        return self.saturation_refusal_for(next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
-
-    def saturation_refusal_for(self, header: bytes | None) -> str | None:
-        """``saturation_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
+        lag_s = self._lag_to_judge()
         saturation = self.saturation
-        if saturation is None:
-            return None
-        saturation.tick()
-        if not saturation.saturated or self.inflight < MIN_SATURATED_INFLIGHT:
-            return None
+        if saturation is not None:
+            saturation.tick()
+            if not saturation.saturated or self.inflight < MIN_SATURATED_INFLIGHT:
+                saturation = None
+        return None if lag_s is None and saturation is None else (lag_s, saturation)
+
+    def _refusal(self, lag_s: float | None, saturation: Saturation | None, header: bytes | None) -> QueueRefusal | None:
+        """Each wait judged against ``lag_share`` of the request's deadline."""
         try:
             budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
         except BadRequest:
             return None  # admitted: the route answers 400, naming the header
-        if self.inflight < self.lag_share * budget_ms / _MS_PER_S * saturation.finish_rate:
-            return None
-        return (
-            f"gateway is overloaded: its CPU is saturated, and the {self.inflight} requests it holds would take"
-            f" about {self.inflight / max(saturation.finish_rate, 1.0) * _MS_PER_S:.0f} ms to finish, more than"
-            f" {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
-        )
+        allowed_s = self.lag_share * budget_ms / _MS_PER_S
+        deadline = f"more than {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
+        if lag_s is not None and lag_s > allowed_s:
+            reason = f"gateway is overloaded: requests wait {lag_s * _MS_PER_S:.0f} ms before it reads them, {deadline}"
+            return QueueRefusal(reason, "gateway_loop_lag")
+        if saturation is not None and self.inflight >= allowed_s * saturation.finish_rate:
+            drain_ms = self.inflight / max(saturation.finish_rate, 1.0) * _MS_PER_S
+            reason = (
+                f"gateway is overloaded: its CPU is saturated, and the {self.inflight} requests it holds would take"
+                f" about {drain_ms:.0f} ms to finish, {deadline}"
+            )
+            return QueueRefusal(reason, "gateway_saturated")
+        return None
 
     def _lag_to_judge(self) -> float | None:
         """The loop's sustained lag, read once, or None when it is too small to refuse anything for."""
@@ -118,18 +132,6 @@ class Admission:
             return None
         wait_s = self.lag.sustained_s
         return wait_s if wait_s > self.lag_floor_s else None
-
-    def _lag_refusal(self, wait_s: float, header: bytes | None) -> str | None:
-        try:
-            budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
-        except BadRequest:
-            return None  # admitted: the route answers 400, naming the header
-        if wait_s <= self.lag_share * budget_ms / _MS_PER_S:
-            return None
-        return (
-            f"gateway is overloaded: requests wait {wait_s * _MS_PER_S:.0f} ms before it reads them,"
-            f" more than {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
-        )
 
 
 class AdmissionMiddleware:
@@ -151,15 +153,10 @@ class AdmissionMiddleware:
             metrics.SHED.labels("gateway_inflight").inc()
             await self._refuse(send, self._body)
             return
-        refusal = admission.lag_refusal(scope)
+        refusal = admission.queue_refusal(scope)
         if refusal is not None:
-            metrics.SHED.labels("gateway_loop_lag").inc()
-            await self._refuse(send, orjson.dumps({"error": refusal}))
-            return
-        refusal = admission.saturation_refusal(scope)
-        if refusal is not None:
-            metrics.SHED.labels("gateway_saturated").inc()
-            await self._refuse(send, orjson.dumps({"error": refusal}))
+            metrics.SHED.labels(refusal.shed).inc()
+            await self._refuse(send, orjson.dumps({"error": refusal.reason}))
             return
         admission.inflight += 1
         try:
@@ -190,13 +187,13 @@ async def send_refusal(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def refusal_app(admission: Admission, reason: str, shed_reason: str = "gateway_loop_lag") -> ASGIApp:
-    """An ASGI app that refuses one request (``reason``), counted as the middleware counts refusals."""
-    body = orjson.dumps({"error": reason})
+def refusal_app(admission: Admission, refusal: QueueRefusal) -> ASGIApp:
+    """An ASGI app that refuses one request for the gateway's queue, counted as the middleware counts refusals."""
+    body = orjson.dumps({"error": refusal.reason})
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         admission.rejected += 1
-        metrics.SHED.labels(shed_reason).inc()
+        metrics.SHED.labels(refusal.shed).inc()
         metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
         await send_refusal(send, body)
 

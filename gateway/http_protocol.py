@@ -106,12 +106,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if admission is not None:
             # Without a standing queue or a saturated loop this is a few comparisons and one clock read, and the
             # method is not looked at.
-            reason, shed_reason = admission.lag_refusal_for(self._timeout_header), "gateway_loop_lag"
-            if reason is None and admission.saturation is not None:
-                reason, shed_reason = admission.saturation_refusal_for(self._timeout_header), "gateway_saturated"
-            if reason is not None and self.parser.get_method() == _POST:
+            refusal = admission.queue_refusal_for(self._timeout_header)
+            if refusal is not None and self.parser.get_method() == _POST:
                 # uvicorn picks ``self.app`` for the request here (as it does for its own concurrency limit).
-                app, self.app = self.app, refusal_app(admission, reason, shed_reason)
+                app, self.app = self.app, refusal_app(admission, refusal)
                 try:
                     super().on_headers_complete()
                 finally:
