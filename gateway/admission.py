@@ -187,14 +187,19 @@ async def send_refusal(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def count_queue_refusal(admission: Admission, refusal: QueueRefusal) -> None:
+    """Count a refusal answered before the app (no middleware saw it), as the middlewares count theirs."""
+    admission.rejected += 1
+    metrics.SHED.labels(refusal.shed).inc()
+    metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
+
+
 def refusal_app(admission: Admission, refusal: QueueRefusal) -> ASGIApp:
     """An ASGI app that refuses one request for the gateway's queue, counted as the middleware counts refusals."""
     body = orjson.dumps({"error": refusal.reason})
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        admission.rejected += 1
-        metrics.SHED.labels(refusal.shed).inc()
-        metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
+        count_queue_refusal(admission, refusal)
         await send_refusal(send, body)
 
     return refuse

@@ -25,10 +25,17 @@ from typing import Any
 import httptools
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from tandem.gateway.admission import ADMISSION_STATE_KEY, Admission, refusal_app
+from tandem.gateway.admission import (
+    ADMISSION_STATE_KEY,
+    RETRY_AFTER_S,
+    Admission,
+    QueueRefusal,
+    count_queue_refusal,
+    refusal_app,
+)
 from tandem.gateway.coalescing_transport import CoalescingTransport
 from tandem.gateway.deadlines import TIMEOUT_HEADER
 
@@ -37,6 +44,7 @@ HEAD_TOO_LARGE = 431
 _FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF of each header line
 _TIMEOUT_HEADER = TIMEOUT_HEADER.lower().encode()
 _POST = b"POST"
+SERVICE_UNAVAILABLE = 503
 
 
 class HeadTooLarge(httptools.HttpParserError):
@@ -108,7 +116,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # method is not looked at.
             refusal = admission.queue_refusal_for(self._timeout_header)
             if refusal is not None and self.parser.get_method() == _POST:
-                # uvicorn picks ``self.app`` for the request here (as it does for its own concurrency limit).
+                if self._refuse_in_place(admission, refusal):
+                    return
+                # Pipelined behind a request still being answered: the refusal queues behind it, through uvicorn,
+                # which picks ``self.app`` for the request here (as it does for its own concurrency limit).
                 app, self.app = self.app, refusal_app(admission, refusal)
                 try:
                     super().on_headers_complete()
@@ -116,6 +127,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     self.app = app
                 return
         super().on_headers_complete()
+
+    def _refuse_in_place(self, admission: Admission, refusal: QueueRefusal) -> bool:
+        """Answer 503 for the gateway's queue from here, written at once; False for a pipelined request.
+
+        Under overload most requests are refused, in loop iterations that read hundreds of requests. Answered
+        through an ASGI app, each refusal cost a task, its messages and a flush queued behind the whole next
+        iteration; here it is one write, and the rest of the request (its body) is read and dropped, as uvicorn
+        drops a body that arrives after its response is complete.
+        """
+        previous = self.cycle
+        if previous is not None and not previous.response_complete:
+            return False
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self.cycle = cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.response_started = cycle.response_complete = True
+        count_queue_refusal(admission, refusal)
+        body = orjson.dumps({"error": refusal.reason})
+        head = [STATUS_LINE[SERVICE_UNAVAILABLE]]
+        head.extend(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers)
+        head.append(
+            b"content-type: application/json\r\ncontent-length: %d\r\nretry-after: %s\r\n%s\r\n"
+            % (len(body), RETRY_AFTER_S, b"" if keep_alive else b"connection: close\r\n")
+        )
+        head.append(body)
+        self.transport.write(b"".join(head))
+        if keep_alive:
+            self.transport.flush()  # type: ignore[attr-defined]  # a CoalescingTransport: send it in this iteration
+        else:
+            self.transport.close()
+        self.on_response_complete()
+        return True
 
     def _count(self, size: int) -> None:
         self._field_bytes += size

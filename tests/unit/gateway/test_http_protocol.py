@@ -193,3 +193,53 @@ def test_a_post_is_refused_for_a_saturated_loop_as_soon_as_its_head_is_parsed(lo
     assert first.startswith(b"503 ") and b"CPU is saturated" in first
     assert second.startswith(b"200 ")
     assert app.calls == 1 and admission.rejected == 1
+
+
+def _lagging(loop: asyncio.AbstractEventLoop, app: CountingApp) -> tuple[BoundedHttpToolsProtocol, FakeTransport]:
+    admission = Admission(8, lag=FixedLag(0.050), lag_share=0.25, default_budget_ms=1000)
+    return _connect(loop, {ADMISSION_STATE_KEY: admission}, app)
+
+
+def test_a_refusal_is_written_before_the_loop_runs_again(loop: asyncio.AbstractEventLoop) -> None:
+    # Under overload one loop iteration reads hundreds of requests: a refusal must not wait for the next one.
+    protocol, transport = _lagging(loop, CountingApp())
+    protocol.data_received(_post(100))
+    assert _status(transport) == 503 and transport.write_calls == 1
+    assert b"content-length: %d\r\n" % len(orjson.dumps(_body(transport))) in bytes(transport.written)
+
+
+def test_a_refused_requests_body_is_dropped_across_chunks_and_the_next_request_is_served(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    app = CountingApp()
+    protocol, transport = _lagging(loop, app)
+    head, body = _post(100).split(b"\r\n\r\n")
+    protocol.data_received(head + b"\r\n\r\n")  # the body comes later, in its own chunk
+    protocol.data_received(body + b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"503 ") and second.startswith(b"200 ")
+    assert app.calls == 1 and not transport.closed
+
+
+def test_a_refused_http_1_0_request_closes_its_connection(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _lagging(loop, CountingApp())
+    protocol.data_received(_post(100).replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert _status(transport) == 503 and b"connection: close\r\n" in bytes(transport.written)
+    assert transport.closed
+
+
+class SlowApp(CountingApp):
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.01)
+        await super().__call__(scope, receive, send)
+
+
+def test_a_pipelined_refusal_is_answered_after_the_request_before_it(loop: asyncio.AbstractEventLoop) -> None:
+    app = SlowApp()
+    protocol, transport = _lagging(loop, app)
+    protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n" + _post(100))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and second.startswith(b"503 ")  # answers keep the requests' order
+    assert app.calls == 1
