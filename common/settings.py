@@ -133,6 +133,9 @@ class GatewaySettings(BaseSettings):
     infer_fast_path: bool = Field(
         True, description="Serve V2 infer through the lean ASGI path (gateway/v2_infer.py) rather than FastAPI's."
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", description="The gateway's event loop; asyncio accepts new connections promptly under load."
+    )
     ping_interval_s: float = Field(0.2, gt=0, description="How often each worker is pinged.")
     worker_silence_s: float = Field(1.0, gt=0, description="Silence after which a worker counts as down.")
     # Tail latency (gateway/hedging.py, gateway/admission.py, gateway/discovery.py).
