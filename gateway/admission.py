@@ -39,6 +39,8 @@ from tandem.gateway.loop_lag import LoopLag
 from tandem.gateway.saturation import Saturation
 
 RETRY_AFTER_S = b"1"
+ADMITTED_SCOPE_KEY = "tandem.admitted"
+"""Set in a request's scope when the HTTP protocol admitted it and holds its place in flight (``AdmittedApp``)."""
 ADMISSION_STATE_KEY = "tandem.admission"
 """Where the gateway's lifespan state holds its ``Admission`` for the HTTP protocol to find."""
 _TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
@@ -78,6 +80,24 @@ class Admission:
         self.default_budget_ms = default_budget_ms
         self.max_budget_ms = max_budget_ms
         self.saturation = saturation
+        self.inflight_refusal = QueueRefusal(
+            f"gateway is at its limit of {max_inflight} requests in flight; retry shortly", "gateway_inflight"
+        )
+
+    def head_refusal(self, header: bytes | None) -> QueueRefusal | None:
+        """Why a POST whose head was just parsed is refused (in flight, then queue bounds); None when admitted.
+
+        ``header`` is its ``X-Request-Timeout-Ms`` (None: absent).
+        """
+        if self.inflight >= self.max_inflight:
+            return self.inflight_refusal
+        return self.queue_refusal_for(header)
+
+    def finished(self) -> None:
+        """An admitted request is answered: its place in flight is free, and it counts towards the finish rate."""
+        self.inflight -= 1
+        if self.saturation is not None:
+            self.saturation.finished()
 
     def queue_refusal(self, scope: Scope) -> QueueRefusal | None:
         """Why a request with ``scope``'s deadline is refused for the gateway's own queue; None when admitted."""
@@ -140,12 +160,10 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
         self.admission = admission
-        self._body = orjson.dumps(
-            {"error": f"gateway is at its limit of {admission.max_inflight} requests in flight; retry shortly"}
-        )
+        self._body = orjson.dumps({"error": admission.inflight_refusal.reason})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or ADMITTED_SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
         admission = self.admission
@@ -162,9 +180,7 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            admission.inflight -= 1
-            if admission.saturation is not None:
-                admission.saturation.finished()
+            admission.finished()
 
     async def _refuse(self, send: Send, body: bytes) -> None:
         self.admission.rejected += 1
@@ -185,6 +201,26 @@ async def send_refusal(send: Send, body: bytes) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class AdmittedApp:
+    """Runs ``app`` for a request the HTTP protocol admitted, holding its place in flight until the app returns.
+
+    The protocol counts a request in flight as soon as its head is parsed: one loop iteration can parse hundreds
+    of heads before any of their tasks runs, and each must be judged against those before it. The middleware
+    sees ``ADMITTED_SCOPE_KEY`` and neither judges nor counts it again.
+    """
+
+    def __init__(self, admission: Admission, app: ASGIApp) -> None:
+        self.admission = admission
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ADMITTED_SCOPE_KEY] = True  # type: ignore[literal-required]
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.finished()
 
 
 def count_queue_refusal(admission: Admission, refusal: QueueRefusal) -> None:

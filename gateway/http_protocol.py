@@ -32,6 +32,7 @@ from tandem.gateway.admission import (
     ADMISSION_STATE_KEY,
     RETRY_AFTER_S,
     Admission,
+    AdmittedApp,
     QueueRefusal,
     count_queue_refusal,
     refusal_app,
@@ -69,6 +70,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._too_large = False
         self._timeout_header: bytes | None = None
         self._admission: Admission | None = app_state.get(ADMISSION_STATE_KEY)
+        self._admitted_app = None if self._admission is None else AdmittedApp(self._admission, self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Take the connection, writing through a ``CoalescingTransport`` (one write per response)."""
@@ -111,34 +113,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The head ended within the limit: refuse it here if the loop's lag or saturation says so, else serve it."""
         self._in_head = False
         admission = self._admission
-        if admission is not None:
-            # Without a standing queue or a saturated loop this is a few comparisons and one clock read, and the
-            # method is not looked at.
+        if admission is None or self.parser.get_method() != _POST:
+            super().on_headers_complete()
+            return
+        previous = self.cycle
+        if previous is not None and not previous.response_complete:
+            # Pipelined behind a request still being answered: it waits for that one, and the middleware judges
+            # it when it starts. A refusal keeps its place in the order too, through uvicorn, which picks
+            # ``self.app`` for the request here (as it does for its own concurrency limit).
             refusal = admission.queue_refusal_for(self._timeout_header)
-            if refusal is not None and self.parser.get_method() == _POST:
-                if self._refuse_in_place(admission, refusal):
-                    return
-                # Pipelined behind a request still being answered: the refusal queues behind it, through uvicorn,
-                # which picks ``self.app`` for the request here (as it does for its own concurrency limit).
-                app, self.app = self.app, refusal_app(admission, refusal)
-                try:
-                    super().on_headers_complete()
-                finally:
-                    self.app = app
-                return
-        super().on_headers_complete()
+            self._serve(refusal_app(admission, refusal) if refusal is not None else self.app)
+            return
+        refusal = admission.head_refusal(self._timeout_header)
+        if refusal is not None:
+            self._refuse_in_place(admission, refusal)
+            return
+        # Counted in flight from now, so the heads parsed after it in this loop iteration are judged with it.
+        # The app releases the place when it returns; a head uvicorn does not start a task for (a bad URL raises
+        # here, an upgrade is handed over) releases it at once.
+        admission.inflight += 1
+        started = False
+        try:
+            self._serve(self._admitted_app)
+            started = self.cycle is not previous
+        finally:
+            if not started:
+                admission.inflight -= 1
 
-    def _refuse_in_place(self, admission: Admission, refusal: QueueRefusal) -> bool:
-        """Answer 503 for the gateway's queue from here, written at once; False for a pipelined request.
+    def _serve(self, app: Any) -> None:
+        """uvicorn's own handling of a parsed head, running ``app`` for this request."""
+        own, self.app = self.app, app
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = own
+
+    def _refuse_in_place(self, admission: Admission, refusal: QueueRefusal) -> None:
+        """Answer 503 from here, written at once, for a request not pipelined behind an unanswered one.
 
         Under overload most requests are refused, in loop iterations that read hundreds of requests. Answered
         through an ASGI app, each refusal cost a task, its messages and a flush queued behind the whole next
         iteration; here it is one write, and the rest of the request (its body) is read and dropped, as uvicorn
         drops a body that arrives after its response is complete.
         """
-        previous = self.cycle
-        if previous is not None and not previous.response_complete:
-            return False
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         self.cycle = cycle = RequestResponseCycle(
             scope=self.scope,
@@ -169,7 +186,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
         self.on_response_complete()
-        return True
 
     def _count(self, size: int) -> None:
         self._field_bytes += size

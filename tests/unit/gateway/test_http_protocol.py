@@ -243,3 +243,58 @@ def test_a_pipelined_refusal_is_answered_after_the_request_before_it(loop: async
     first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"200 ") and second.startswith(b"503 ")  # answers keep the requests' order
     assert app.calls == 1
+
+
+class InflightProbe(CountingApp):
+    """Records the admission's count in flight while the app runs."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__()
+        self.admission = admission
+        self.seen: list[int] = []
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(self.admission.inflight)
+        await super().__call__(scope, receive, send)
+
+
+def test_heads_parsed_in_one_loop_iteration_are_judged_against_each_other(loop: asyncio.AbstractEventLoop) -> None:
+    # One iteration reads many connections before any of their tasks runs: each admitted head must count at once.
+    saturation = Saturation(clock=lambda: 0.0, cpu_clock=lambda: 0.0)
+    saturation.saturated, saturation.finish_rate = True, 1000.0  # a quarter of 100 ms holds 25 requests
+    admission = Admission(4096, lag_share=0.25, saturation=saturation)
+    app = CountingApp()
+    connections = [_connect(loop, {ADMISSION_STATE_KEY: admission}, app) for _ in range(30)]
+    for protocol, _ in connections:
+        protocol.data_received(_post(100))
+    assert admission.inflight == 25
+    refused = [transport for _, transport in connections if transport.written]
+    assert len(refused) == 5 and all(_status(t) == 503 for t in refused)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert app.calls == 25 and admission.inflight == 0 and admission.rejected == 5
+
+
+def test_the_protocol_holds_the_place_in_flight_and_the_middleware_does_not_count_it_again(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from tandem.gateway.admission import AdmissionMiddleware
+
+    admission = Admission(2, lag_share=0.25)
+    probe = InflightProbe(admission)
+    app = AdmissionMiddleware(probe, admission=admission)
+    connections = [_connect(loop, {ADMISSION_STATE_KEY: admission}, app) for _ in range(3)]
+    for protocol, _ in connections:
+        protocol.data_received(_post(100))
+    third = connections[2][1]
+    assert _status(third) == 503 and b"limit of 2 requests in flight" in bytes(third.written)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    # Both held their places from their heads on (the second finishes after the first); counted again by the
+    # middleware, each would have met the limit of 2 and been refused.
+    assert probe.seen == [2, 1] and admission.inflight == 0
+
+
+def test_a_post_uvicorn_cannot_start_gives_its_place_back(loop: asyncio.AbstractEventLoop) -> None:
+    admission = Admission(8, lag_share=0.25)
+    protocol, transport = _connect(loop, {ADMISSION_STATE_KEY: admission}, CountingApp())
+    protocol.data_received(b"POST http://[bad/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert _status(transport) == 400 and admission.inflight == 0
