@@ -17,12 +17,13 @@ Two bounds, each answered with 503 and ``Retry-After`` instead of queueing work 
 Health and metadata calls are never refused. A pure ASGI middleware: an admitted request pays a counter
 increment, a clock read and a few comparisons.
 
-The lag and saturation bounds are also checked where the gateway's HTTP protocol has just parsed a request's
-head (``gateway/http_protocol.py``, which finds this ``Admission`` in the lifespan state under
-``ADMISSION_STATE_KEY``): a refusal there is answered by ``refusal_app`` without the middleware chain, request
-log line or tracing, a fraction of what refusing inside the app costs. Under overload refusals are most of
-the traffic, and what they cost is taken from the requests still served. Saturation checked there too, ranker
-at 2x, six interleaved rounds: goodput 670-1,545 -> 1,162-2,342 req/s (better in five of six).
+The HTTP protocol (``gateway/http_protocol.py``, which finds this ``Admission`` in the lifespan state under
+``ADMISSION_STATE_KEY``) applies every bound as soon as it has parsed a POST's head: it answers a refusal itself,
+in one write, without a task, the middleware chain, the request log line or tracing, and holds an admitted
+request's place in flight from then on (``AdmittedApp``), so the heads one loop iteration parses are judged
+against each other. Under overload refusals are most of the traffic, and what they cost is taken from the
+requests still served. The middleware judges what the protocol did not: a pipelined request, or an app served
+without this protocol.
 """
 
 from __future__ import annotations
