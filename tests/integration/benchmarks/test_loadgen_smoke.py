@@ -7,6 +7,7 @@ serving the ``Echo`` test model, so no registry is needed); ``make bench`` runs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -123,3 +124,75 @@ def test_the_command_writes_json(tmp_path: Path) -> None:
         )  # fmt: skip
     assert code == 0
     check_summary(json.loads(out.read_text()), "open")
+
+
+@contextmanager
+def raw_server(handle: object) -> Iterator[int]:
+    """An asyncio server in a thread whose connections run ``handle(reader, writer)``; yields its port."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    port = free_port()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, LOCALHOST, port)  # type: ignore[arg-type]
+        started.set()
+        async with server:
+            await server.serve_forever()
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # how the block's end stops it
+            loop.run_until_complete(serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(START_TIMEOUT_S)
+    try:
+        yield port
+    finally:
+        for task in asyncio.all_tasks(loop):
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(START_TIMEOUT_S)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    await reader.readexactly(length)
+
+
+async def answer_in_pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    body = b'{"answer": "in pieces"}'
+    while True:
+        await _read_request(reader)
+        for piece in (b"HTTP/1.1 200 OK\r\nContent-", b"Length: %d\r\n\r\n" % len(body) + body[:5], body[5:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+
+
+async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.close()
+
+
+async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 2xx nonsense\r\n\r\n")
+    await writer.drain()
+
+
+def test_the_open_loop_reads_a_response_that_arrives_in_pieces_over_kept_alive_connections() -> None:
+    with raw_server(answer_in_pieces) as port:
+        request = loadgen.build_request(LOCALHOST, port, PATH, b"{}")
+        result = asyncio.run(loadgen.open_loop(LOCALHOST, port, request, rate_rps=100, duration_s=0.5))
+    assert result.sent == result.ok > 0 and not result.errors
+    assert len(result.client_delays_s) == result.sent
+
+
+@pytest.mark.parametrize(("handle", "kind"), [(hang_up, "IncompleteReadError"), (garble, "ValueError")])
+def test_the_open_loop_counts_a_failed_answer_once_by_kind(handle: object, kind: str) -> None:
+    with raw_server(handle) as port:
+        request = loadgen.build_request(LOCALHOST, port, PATH, b"{}")
+        result = asyncio.run(loadgen.open_loop(LOCALHOST, port, request, rate_rps=100, duration_s=0.3))
+    assert result.ok == 0 and result.sent > 0
+    assert result.errors == {kind: result.sent}
