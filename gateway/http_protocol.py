@@ -13,8 +13,9 @@ while a head is incomplete at both ends of the chunk (a single endless header li
 field until it ends). So memory stays within the limit plus two read chunks.
 
 It also writes through a ``CoalescingTransport``, so a response's head and body leave in one write
-(``gateway/coalescing_transport.py``), and refuses a POST as soon as its head is parsed, for the event loop's lag
-or its saturation, when the gateway's ``Admission`` is in the lifespan state (``gateway/admission.py``).
+(``gateway/coalescing_transport.py``), and applies the gateway's ``Admission`` (``gateway/admission.py``, found in
+the lifespan state) as soon as a POST's head is parsed: a refusal (requests in flight, the event loop's lag or its
+saturation) is answered here in one write, and an admitted request counts in flight from here on.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head ended within the limit: refuse it here if the loop's lag or saturation says so, else serve it."""
+        """The head ended within the limit: refuse it here if admission says so, else serve it, counted in flight."""
         self._in_head = False
         admission = self._admission
         if admission is None or self.parser.get_method() != _POST:
