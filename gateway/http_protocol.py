@@ -72,11 +72,56 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timeout_header: bytes | None = None
         self._admission: Admission | None = app_state.get(ADMISSION_STATE_KEY)
         self._admitted_app = None if self._admission is None else AdmittedApp(self._admission, self.app)
+        self._idle_since: float | None = None
+        """When the last response completed with no request after it; None while a request is being served."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Take the connection, writing through a ``CoalescingTransport`` (one write per response)."""
         super().connection_made(transport)
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with a lazy keep-alive timer: one per idle stretch, not one armed and cancelled per request.
+
+        uvicorn arms a ``call_later`` timer after every response and cancels it on the next request's first
+        bytes: a timer object, a heap push and a cancellation per request, which under load cost as much as
+        writing the response. Here a response only notes the time; the timer, when it fires, closes the
+        connection if it has been idle for the whole timeout, and otherwise waits out the rest.
+        """
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_check)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # New bytes arrived (or the connection went): busy. An armed timer stays; it finds the connection busy.
+        self._idle_since = None
+
+    def _keep_alive_check(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # serving a request: the response arms the timer again
+        idle_s = self.loop.time() - self._idle_since
+        if idle_s >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive - idle_s, self._keep_alive_check
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """uvicorn's, and the keep-alive timer goes with the connection."""
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; count the chunk when it lies wholly inside one incomplete head."""

@@ -298,3 +298,59 @@ def test_a_post_uvicorn_cannot_start_gives_its_place_back(loop: asyncio.Abstract
     protocol, transport = _connect(loop, {ADMISSION_STATE_KEY: admission}, CountingApp())
     protocol.data_received(b"POST http://[bad/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert _status(transport) == 400 and admission.inflight == 0
+
+
+_GET = b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _served(loop: asyncio.AbstractEventLoop, protocol: BoundedHttpToolsProtocol, request: bytes = _GET) -> None:
+    protocol.data_received(request)
+    loop.run_until_complete(asyncio.sleep(0.005))
+
+
+def test_one_keep_alive_timer_serves_many_requests(loop: asyncio.AbstractEventLoop) -> None:
+    # uvicorn arms and cancels a timer per request; under load that cost as much as writing the response.
+    protocol, transport = _connect(loop)
+    _served(loop, protocol)
+    timer = protocol.timeout_keep_alive_task
+    assert timer is not None
+    for _ in range(3):
+        _served(loop, protocol)
+    assert protocol.timeout_keep_alive_task is timer and not timer.cancelled()
+    assert bytes(transport.written).count(b"HTTP/1.1 200 ") == 4 and not transport.closed
+
+
+def test_the_keep_alive_check_closes_only_a_connection_idle_for_the_whole_timeout(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    protocol, transport = _connect(loop)
+    _served(loop, protocol)
+    timeout = protocol.timeout_keep_alive
+    protocol._idle_since = loop.time() - timeout / 2  # a request came and went since the timer was armed
+    protocol._keep_alive_check()
+    assert not transport.closed and protocol.timeout_keep_alive_task is not None  # it waits out the rest
+    protocol.timeout_keep_alive_task.cancel()
+    protocol._idle_since = None  # a request is being served
+    protocol._keep_alive_check()
+    assert not transport.closed and protocol.timeout_keep_alive_task is None  # its response arms it again
+    _served(loop, protocol)
+    assert protocol.timeout_keep_alive_task is not None
+    protocol._idle_since = loop.time() - timeout
+    protocol._keep_alive_check()
+    assert transport.closed
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, transport = _connect(loop)
+    protocol.timeout_keep_alive = 0.02
+    _served(loop, protocol)
+    loop.run_until_complete(asyncio.sleep(0.3))
+    assert transport.closed
+
+
+def test_the_keep_alive_timer_goes_with_the_connection(loop: asyncio.AbstractEventLoop) -> None:
+    protocol, _ = _connect(loop)
+    _served(loop, protocol)
+    timer = protocol.timeout_keep_alive_task
+    protocol.connection_lost(None)
+    assert timer is not None and timer.cancelled() and protocol.timeout_keep_alive_task is None
