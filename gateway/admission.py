@@ -51,8 +51,8 @@ MIN_SATURATED_INFLIGHT = 8
 
 
 @dataclass(frozen=True, slots=True)
-class QueueRefusal:
-    """Why a request is refused for the gateway's own queue, and the ``tandem_shed_total`` reason it counts as."""
+class Refusal:
+    """Why a request is refused, and the ``tandem_shed_total`` reason it counts as."""
 
     reason: str
     shed: str
@@ -81,36 +81,31 @@ class Admission:
         self.default_budget_ms = default_budget_ms
         self.max_budget_ms = max_budget_ms
         self.saturation = saturation
-        self.inflight_refusal = QueueRefusal(
+        self.inflight_refusal = Refusal(
             f"gateway is at its limit of {max_inflight} requests in flight; retry shortly", "gateway_inflight"
         )
 
-    def head_refusal(self, header: bytes | None) -> QueueRefusal | None:
-        """Why a POST whose head was just parsed is refused (in flight, then queue bounds); None when admitted.
-
-        ``header`` is its ``X-Request-Timeout-Ms`` (None: absent).
-        """
+    def refusal(self, scope: Scope) -> Refusal | None:
+        """Why a POST with ``scope`` is refused (requests in flight, then the gateway's queue); None when admitted."""
         if self.inflight >= self.max_inflight:
             return self.inflight_refusal
-        return self.queue_refusal_for(header)
+        waits = self._waits_to_judge()
+        if waits is None:  # the common case: no header scan
+            return None
+        return self._refusal(*waits, next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
+
+    def refusal_for(self, header: bytes | None) -> Refusal | None:
+        """``refusal`` for a POST whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
+        if self.inflight >= self.max_inflight:
+            return self.inflight_refusal
+        waits = self._waits_to_judge()
+        return None if waits is None else self._refusal(*waits, header)
 
     def finished(self) -> None:
         """An admitted request is answered: its place in flight is free, and it counts towards the finish rate."""
         self.inflight -= 1
         if self.saturation is not None:
             self.saturation.finished()
-
-    def queue_refusal(self, scope: Scope) -> QueueRefusal | None:
-        """Why a request with ``scope``'s deadline is refused for the gateway's own queue; None when admitted."""
-        waits = self._waits_to_judge()
-        if waits is None:  # the common case: no header scan
-            return None
-        return self._refusal(*waits, next((v for name, v in scope["headers"] if name == _TIMEOUT_HEADER), None))
-
-    def queue_refusal_for(self, header: bytes | None) -> QueueRefusal | None:
-        """``queue_refusal`` for a request whose ``X-Request-Timeout-Ms`` header is ``header`` (None: absent)."""
-        waits = self._waits_to_judge()
-        return None if waits is None else self._refusal(*waits, header)
 
     def _waits_to_judge(self) -> tuple[float | None, Saturation | None] | None:
         """The two measures of the gateway's queue worth judging, or None when neither is (no header is parsed).
@@ -127,7 +122,7 @@ class Admission:
                 saturation = None
         return None if lag_s is None and saturation is None else (lag_s, saturation)
 
-    def _refusal(self, lag_s: float | None, saturation: Saturation | None, header: bytes | None) -> QueueRefusal | None:
+    def _refusal(self, lag_s: float | None, saturation: Saturation | None, header: bytes | None) -> Refusal | None:
         """Each wait judged against ``lag_share`` of the request's deadline."""
         try:
             budget_ms = budget_from_header(header, default_ms=self.default_budget_ms, max_ms=self.max_budget_ms)
@@ -137,14 +132,14 @@ class Admission:
         deadline = f"more than {self.lag_share:.0%} of this request's {budget_ms:g} ms deadline; retry shortly"
         if lag_s is not None and lag_s > allowed_s:
             reason = f"gateway is overloaded: requests wait {lag_s * _MS_PER_S:.0f} ms before it reads them, {deadline}"
-            return QueueRefusal(reason, "gateway_loop_lag")
+            return Refusal(reason, "gateway_loop_lag")
         if saturation is not None and self.inflight >= allowed_s * saturation.finish_rate:
             drain_ms = self.inflight / max(saturation.finish_rate, 1.0) * _MS_PER_S
             reason = (
                 f"gateway is overloaded: its CPU is saturated, and the {self.inflight} requests it holds would take"
                 f" about {drain_ms:.0f} ms to finish, {deadline}"
             )
-            return QueueRefusal(reason, "gateway_saturated")
+            return Refusal(reason, "gateway_saturated")
         return None
 
     def _lag_to_judge(self) -> float | None:
@@ -161,31 +156,23 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
         self.admission = admission
-        self._body = orjson.dumps({"error": admission.inflight_refusal.reason})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or ADMITTED_SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
         admission = self.admission
-        if admission.inflight >= admission.max_inflight:
-            metrics.SHED.labels("gateway_inflight").inc()
-            await self._refuse(send, self._body)
-            return
-        refusal = admission.queue_refusal(scope)
+        refusal = admission.refusal(scope)
         if refusal is not None:
+            admission.rejected += 1
             metrics.SHED.labels(refusal.shed).inc()
-            await self._refuse(send, orjson.dumps({"error": refusal.reason}))
+            await send_refusal(send, orjson.dumps({"error": refusal.reason}))
             return
         admission.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             admission.finished()
-
-    async def _refuse(self, send: Send, body: bytes) -> None:
-        self.admission.rejected += 1
-        await send_refusal(send, body)
 
 
 async def send_refusal(send: Send, body: bytes) -> None:
@@ -224,19 +211,8 @@ class AdmittedApp:
             self.admission.finished()
 
 
-def count_queue_refusal(admission: Admission, refusal: QueueRefusal) -> None:
+def count_refusal(admission: Admission, refusal: Refusal) -> None:
     """Count a refusal answered before the app (no middleware saw it), as the middlewares count theirs."""
     admission.rejected += 1
     metrics.SHED.labels(refusal.shed).inc()
     metrics.REQUESTS.labels(metrics.UNMATCHED_ROUTE, "", "", "503").inc()
-
-
-def refusal_app(admission: Admission, refusal: QueueRefusal) -> ASGIApp:
-    """An ASGI app that refuses one request for the gateway's queue, counted as the middleware counts refusals."""
-    body = orjson.dumps({"error": refusal.reason})
-
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        count_queue_refusal(admission, refusal)
-        await send_refusal(send, body)
-
-    return refuse

@@ -21,6 +21,7 @@ saturation) is answered here in one write, and an admitted request counts in fli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import httptools
@@ -29,15 +30,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from tandem.gateway.admission import (
-    ADMISSION_STATE_KEY,
-    RETRY_AFTER_S,
-    Admission,
-    AdmittedApp,
-    QueueRefusal,
-    count_queue_refusal,
-    refusal_app,
-)
+from tandem.gateway.admission import ADMISSION_STATE_KEY, RETRY_AFTER_S, Admission, AdmittedApp, Refusal, count_refusal
 from tandem.gateway.coalescing_transport import CoalescingTransport
 from tandem.gateway.deadlines import TIMEOUT_HEADER
 
@@ -164,13 +157,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         previous = self.cycle
         if previous is not None and not previous.response_complete:
-            # Pipelined behind a request still being answered: it waits for that one, and the middleware judges
-            # it when it starts. A refusal keeps its place in the order too, through uvicorn, which picks
-            # ``self.app`` for the request here (as it does for its own concurrency limit).
-            refusal = admission.queue_refusal_for(self._timeout_header)
-            self._serve(refusal_app(admission, refusal) if refusal is not None else self.app)
+            # Pipelined behind a request still being answered: it waits for that one, and the admission middleware
+            # judges it when it starts, so that its answer keeps its place in the order.
+            super().on_headers_complete()
             return
-        refusal = admission.head_refusal(self._timeout_header)
+        refusal = admission.refusal_for(self._timeout_header)
         if refusal is not None:
             self._refuse_in_place(admission, refusal)
             return
@@ -194,7 +185,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         finally:
             self.app = own
 
-    def _refuse_in_place(self, admission: Admission, refusal: QueueRefusal) -> None:
+    def _refuse_in_place(self, admission: Admission, refusal: Refusal) -> None:
         """Answer 503 from here, written at once, for a request not pipelined behind an unanswered one.
 
         Under overload most requests are refused, in loop iterations that read hundreds of requests. Answered
@@ -217,16 +208,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         cycle.response_started = cycle.response_complete = True
-        count_queue_refusal(admission, refusal)
-        body = orjson.dumps({"error": refusal.reason})
-        head = [STATUS_LINE[SERVICE_UNAVAILABLE]]
-        head.extend(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers)
-        head.append(
-            b"content-type: application/json\r\ncontent-length: %d\r\nretry-after: %s\r\n%s\r\n"
-            % (len(body), RETRY_AFTER_S, b"" if keep_alive else b"connection: close\r\n")
+        count_refusal(admission, refusal)
+        self.transport.write(
+            _json_error(SERVICE_UNAVAILABLE, refusal.reason, self.server_state.default_headers, keep_alive=keep_alive)
         )
-        head.append(body)
-        self.transport.write(b"".join(head))
         if keep_alive:
             self.transport.flush()  # type: ignore[attr-defined]  # a CoalescingTransport: send it in this iteration
         else:
@@ -246,7 +231,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.transport.is_closing():
             return
-        body = orjson.dumps({"error": f"request line and headers exceed the limit of {self.max_head_bytes} bytes"})
-        head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-        self.transport.write(STATUS_LINE[HEAD_TOO_LARGE] + head + body)
+        reason = f"request line and headers exceed the limit of {self.max_head_bytes} bytes"
+        self.transport.write(_json_error(HEAD_TOO_LARGE, reason, keep_alive=False))
         self.transport.close()
+
+
+def _json_error(status: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = (), *, keep_alive: bool) -> bytes:
+    """A whole response answered from the protocol itself: ``status``, ``headers``, and the JSON error body.
+
+    A 503 carries ``Retry-After``, as the admission middleware's refusals do.
+    """
+    body = orjson.dumps({"error": reason})
+    parts = [STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in headers)]
+    parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    if status == SERVICE_UNAVAILABLE:
+        parts.append(b"retry-after: %s\r\n" % RETRY_AFTER_S)
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += [b"\r\n", body]
+    return b"".join(parts)

@@ -4,7 +4,7 @@ When the loop is the bottleneck, requests read in one loop iteration are all adm
 the loop's lag (``gateway/loop_lag.py``), and at twice the load the gateway can sustain, admitted requests spent
 50-150 ms inside it against a 100 ms deadline. Little's law bounds that wait from what is known at admission:
 ``inflight`` requests finishing at ``finish_rate`` take about ``inflight / finish_rate`` to drain
-(``Admission.queue_refusal``).
+(``Admission.refusal``).
 
 Sampled by the requests themselves: each POST that reaches admission calls ``tick``, and once ``WINDOW_S`` has
 passed the window closes with the loop thread's CPU use (CPU seconds over wall seconds, ``time.thread_time``:

@@ -21,36 +21,36 @@ def _admission(lag_s: float, **kwargs: float) -> Admission:
 
 def test_a_request_is_refused_when_the_lag_takes_more_than_its_share_of_the_deadline() -> None:
     admission = _admission(0.030, lag_share=0.25)
-    refusal = admission.queue_refusal(post_scope("100"))
+    refusal = admission.refusal(post_scope("100"))
     assert refusal is not None and refusal.shed == "gateway_loop_lag"
     assert "wait 30 ms" in refusal.reason and "100 ms deadline" in refusal.reason
 
 
 def test_the_same_lag_is_admitted_for_a_deadline_that_absorbs_it() -> None:
     admission = _admission(0.030, lag_share=0.25)
-    assert admission.queue_refusal(post_scope("20000")) is None
-    assert admission.queue_refusal(post_scope("121")) is None
+    assert admission.refusal(post_scope("20000")) is None
+    assert admission.refusal(post_scope("121")) is None
 
 
 def test_without_a_header_the_default_deadline_is_the_budget() -> None:
-    assert _admission(0.030, lag_share=0.25, default_budget_ms=100).queue_refusal(post_scope()) is not None
-    assert _admission(0.030, lag_share=0.25, default_budget_ms=1000).queue_refusal(post_scope()) is None
+    assert _admission(0.030, lag_share=0.25, default_budget_ms=100).refusal(post_scope()) is not None
+    assert _admission(0.030, lag_share=0.25, default_budget_ms=1000).refusal(post_scope()) is None
 
 
 def test_lag_under_the_floor_is_never_refused() -> None:
     admission = _admission(0.004, lag_share=0.01, lag_floor_s=0.005)
-    assert admission.queue_refusal(post_scope("1")) is None
+    assert admission.refusal(post_scope("1")) is None
 
 
 def test_a_malformed_timeout_header_is_left_to_the_route_to_reject() -> None:
-    assert _admission(0.5).queue_refusal(post_scope("soon")) is None
+    assert _admission(0.5).refusal(post_scope("soon")) is None
     # The route's own bounds apply: out of range is the route's 400, not a lag refusal.
-    assert _admission(0.5, max_budget_ms=30_000).queue_refusal(post_scope("0")) is None
-    assert _admission(0.5, max_budget_ms=30_000).queue_refusal(post_scope("40000")) is None
+    assert _admission(0.5, max_budget_ms=30_000).refusal(post_scope("0")) is None
+    assert _admission(0.5, max_budget_ms=30_000).refusal(post_scope("40000")) is None
 
 
 def test_no_lag_monitor_refuses_nothing() -> None:
-    assert Admission(8).queue_refusal(post_scope("1")) is None
+    assert Admission(8).refusal(post_scope("1")) is None
 
 
 def _app(admission: Admission) -> FastAPI:
@@ -130,4 +130,4 @@ async def _one_long_pause() -> None:
 @pytest.mark.parametrize(("share", "refused"), [(0.1, True), (0.5, False)])
 def test_the_threshold_scales_with_the_share(share: float, refused: bool) -> None:
     # 40 ms of lag against a 100 ms deadline: over a 10 ms share, under a 50 ms one.
-    assert (_admission(0.040, lag_share=share).queue_refusal(post_scope("100")) is not None) is refused
+    assert (_admission(0.040, lag_share=share).refusal(post_scope("100")) is not None) is refused

@@ -235,14 +235,20 @@ class SlowApp(CountingApp):
         await super().__call__(scope, receive, send)
 
 
-def test_a_pipelined_refusal_is_answered_after_the_request_before_it(loop: asyncio.AbstractEventLoop) -> None:
+def test_a_pipelined_post_is_judged_by_the_middleware_and_answered_after_the_request_before_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from tandem.gateway.admission import AdmissionMiddleware
+
     app = SlowApp()
-    protocol, transport = _lagging(loop, app)
+    admission = Admission(8, lag=FixedLag(0.050), lag_share=0.25, default_budget_ms=1000)
+    protocol, transport = _connect(loop, {ADMISSION_STATE_KEY: admission}, AdmissionMiddleware(app, admission))
     protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n" + _post(100))
+    assert not transport.written  # not refused in place: its answer must follow the GET's
     loop.run_until_complete(asyncio.sleep(0.05))
     first, second = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
-    assert first.startswith(b"200 ") and second.startswith(b"503 ")  # answers keep the requests' order
-    assert app.calls == 1
+    assert first.startswith(b"200 ") and second.startswith(b"503 ")
+    assert app.calls == 1 and admission.rejected == 1
 
 
 class InflightProbe(CountingApp):

@@ -75,13 +75,13 @@ def test_a_window_closes_after_its_length_with_the_loops_cpu_share_and_finish_ra
 def test_a_saturated_gateway_refuses_once_the_requests_in_flight_take_the_deadlines_share() -> None:
     admission = Admission(4096, lag_share=0.25, saturation=_saturated(1000.0))
     admission.inflight = 24  # 24 ms to finish at 1,000 a second: under a quarter of 100 ms
-    assert admission.queue_refusal(post_scope("100")) is None
+    assert admission.refusal(post_scope("100")) is None
     admission.inflight = 25
-    refusal = admission.queue_refusal(post_scope("100"))
+    refusal = admission.refusal(post_scope("100"))
     assert refusal is not None and refusal.shed == "gateway_saturated"
     assert "25 requests" in refusal.reason and "about 25 ms" in refusal.reason
     assert "100 ms deadline" in refusal.reason
-    assert admission.queue_refusal(post_scope("1000")) is None  # a deadline that absorbs the wait
+    assert admission.refusal(post_scope("1000")) is None  # a deadline that absorbs the wait
 
 
 def test_a_gateway_that_is_not_saturated_refuses_nothing_for_its_requests_in_flight() -> None:
@@ -91,16 +91,16 @@ def test_a_gateway_that_is_not_saturated_refuses_nothing_for_its_requests_in_fli
     saturation.tick()
     admission = Admission(4096, saturation=saturation)
     admission.inflight = 1000
-    assert admission.queue_refusal(post_scope("1")) is None
+    assert admission.refusal(post_scope("1")) is None
 
 
 def test_a_stalled_finish_rate_still_admits_a_few_and_a_malformed_header_is_left_to_the_route() -> None:
     admission = Admission(4096, saturation=_saturated(0.0))
     admission.inflight = MIN_SATURATED_INFLIGHT - 1
-    assert admission.queue_refusal(post_scope("100")) is None
+    assert admission.refusal(post_scope("100")) is None
     admission.inflight = MIN_SATURATED_INFLIGHT
-    assert admission.queue_refusal(post_scope("100")) is not None
-    assert admission.queue_refusal(post_scope("soon")) is None
+    assert admission.refusal(post_scope("100")) is not None
+    assert admission.refusal(post_scope("soon")) is None
 
 
 def test_the_middleware_refuses_with_503_and_counts_what_it_admitted_as_finished() -> None:
