@@ -167,6 +167,15 @@ def recommendation_body(user_id: str, candidates: Sequence[str], k: int) -> byte
 # ------------------------------------------------------------------------------------------ connections
 
 
+def _status_and_length(head: bytes) -> tuple[int, int]:
+    """A response head's status and ``Content-Length`` (0 when absent); ValueError when it cannot be read."""
+    status = int(head[9:12])
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            return status, int(line[15:])
+    return status, 0
+
+
 class Connection:
     """One keep-alive connection that sends a request and reads one response at a time."""
 
@@ -182,13 +191,7 @@ class Connection:
     async def roundtrip(self, request: bytes) -> int:
         """Send ``request``; return the response status after reading the whole body."""
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-                break
+        status, length = _status_and_length(await self.reader.readuntil(b"\r\n\r\n"))
         if length:
             await self.reader.readexactly(length)
         return status
@@ -285,12 +288,7 @@ class _Answering(asyncio.Protocol):
         if end < 0 or self.scheduled is None:
             return
         try:
-            status = int(buffer[9:12])
-            length = 0
-            for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-                    break
+            status, length = _status_and_length(bytes(buffer[:end]))
         except ValueError:
             self._lost(self, "ValueError")  # a response it cannot read: counted once, then the connection goes
             if self.transport is not None:
