@@ -34,7 +34,7 @@ from tandem.gateway.request_log import RequestLogMiddleware
 from tandem.gateway.routes import recommendations, v2
 from tandem.gateway.saturation import Saturation
 from tandem.gateway.state import GatewayState
-from tandem.gateway.tracing import TracingMiddleware
+from tandem.gateway.tracing import TracingMiddleware, fastapi_telemetry_off
 from tandem.gateway.v2_infer import InferFastPath
 from tandem.gateway.worker_client import WorkerPool
 
@@ -105,7 +105,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
             freeze_startup_objects()  # see common/gc_pauses.py
             yield {ADMISSION_STATE_KEY: admission}  # uvicorn hands it to the HTTP protocol
 
-    app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="Tandem gateway", version=__version__, lifespan=lifespan, **fastapi_telemetry_off())
     admission = Admission(
         settings.max_inflight,
         lag=LoopLag() if settings.shed_lag_share > 0 else None,
