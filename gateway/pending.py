@@ -71,6 +71,15 @@ class PendingReplies:
         """Requests in flight on ``worker``."""
         return len(self._by_worker.get(worker, ()))
 
+    def fail(self, attempt_id: str, error: BaseException) -> None:
+        """Fail one attempt's waiter with ``error`` (no-op when it is no longer waited for)."""
+        entry = self._futures.get(attempt_id)
+        if entry is None:
+            return
+        self.discard(attempt_id)
+        if not entry[0].done():
+            entry[0].set_exception(error)
+
     def fail_worker(self, worker: Hashable, reason: str) -> int:
         """Fail every request in flight on ``worker`` with ``WorkerLost``; returns how many."""
         attempt_ids = self._by_worker.pop(worker, set())

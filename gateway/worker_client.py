@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from zmq.utils.monitor import parse_monitor_message
 from tandem.common import wire
 from tandem.common.curve import CurveClientConfig, secure_client
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
+from tandem.common.send_queue import SendQueue
 from tandem.common.socket_reader import SocketReader
 from tandem.common.tracing import inject, tracer
 from tandem.common.wire import Cancel, InferRequest, Ping, Pong, Reply, WireError
@@ -55,6 +56,7 @@ _MONITORED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 _MS_PER_S = 1000.0
 
 LinkCallback = Callable[["WorkerLink", list[zmq.Frame]], None]
+UnsentCallback = Callable[["WorkerLink", Hashable], None]
 
 
 class WorkerLink:
@@ -68,6 +70,7 @@ class WorkerLink:
         *,
         on_message: LinkCallback,
         on_monitor: LinkCallback,
+        on_unsent: UnsentCallback,
     ) -> None:
         self.endpoint = endpoint
         self.socket: zmq.Socket = context.socket(zmq.DEALER)
@@ -81,6 +84,9 @@ class WorkerLink:
         self.reader = SocketReader(self.socket, lambda frames: on_message(self, frames), name=f"worker {endpoint}")
         self.monitor_reader = SocketReader(
             self.monitor, lambda frames: on_monitor(self, frames), name=f"monitor of {endpoint}"
+        )
+        self.sender = SendQueue(
+            self.socket, after_send=self.reader.after_send, on_unsent=lambda token: on_unsent(self, token)
         )
         self.alive = False
         self.ready = False
@@ -190,8 +196,9 @@ class WorkerPool:
         if endpoint in self.endpoints:
             return
         link = WorkerLink(
-            endpoint, self._context, self._curve, on_message=self._on_message, on_monitor=self._on_monitor
-        )
+            endpoint, self._context, self._curve,
+            on_message=self._on_message, on_monitor=self._on_monitor, on_unsent=self._on_unsent,
+        )  # fmt: skip
         self._links.append(link)
         link.start()
         log.info("connecting to worker %s", endpoint)
@@ -472,7 +479,12 @@ class WorkerPool:
                 request.budget_ms -= _MS_PER_S * self._reply_delay_s()
             request.trace = inject(span)
             # Encoded now: the request object is reused, with another id, by a hedge or a retry.
-            if not _send_now(link, wire.encode(request)):
+            frames = wire.encode(request)
+            if self._pending.outstanding(link) > 1 and link.sender.writable():
+                # Others are in flight on this worker: send with the rest of this loop turn's requests
+                # (common/send_queue.py). A message the socket refuses by then fails this attempt, retried.
+                link.sender.defer(frames, attempt_id)
+            elif not _send_now(link, frames):
                 # Not connected (IMMEDIATE) or its queue is full: try another worker.
                 self._pending.discard(attempt_id)
                 span.end()
@@ -524,6 +536,11 @@ class WorkerPool:
         elif isinstance(message, Pong):
             self._on_pong(link, message)
 
+    def _on_unsent(self, link: WorkerLink, attempt_id: Hashable) -> None:
+        """A deferred request the socket would not take when its turn came: fail it so it is retried elsewhere."""
+        if isinstance(attempt_id, str):
+            self._pending.fail(attempt_id, WorkerLost(f"worker {link.endpoint} could not take the request"))
+
     def _on_monitor(self, link: WorkerLink, frames: list[zmq.Frame]) -> None:
         event = parse_monitor_message([frame.bytes for frame in frames])
         if event["event"] == zmq.EVENT_DISCONNECTED:
@@ -551,9 +568,7 @@ def _deadline_error(deadline: Deadline) -> DeadlineExceeded:
 def _send_now(link: WorkerLink, frames: list[wire.Buffer]) -> bool:
     """Send without blocking; False when the socket cannot take the message now (zmq.Again)."""
     try:
-        link.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        link.sender.send(frames)
     except zmq.Again:
         return False
-    finally:
-        link.reader.after_send()
     return True

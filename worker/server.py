@@ -51,6 +51,7 @@ from tandem.common.errors import (
 )
 from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.logs import configure_logging
+from tandem.common.send_queue import SendQueue
 from tandem.common.settings import WorkerSettings
 from tandem.common.socket_reader import SocketReader
 from tandem.common.tracing import extract, setup_tracing, tracer
@@ -138,6 +139,7 @@ class WorkerServer:
         self._context = zmq.asyncio.Context()
         self._socket: zmq.Socket | None = None
         self._reader: SocketReader | None = None
+        self._replies: SendQueue | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-inference")
         self._inline_compute_s = settings.inline_compute_ms / 1000
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,6 +157,8 @@ class WorkerServer:
         log.info("worker %s listening on %s", self.settings.worker_id, self.endpoint)
         self._reader = SocketReader(sock, self._on_message, name="worker socket")
         self._reader.start()
+        # A ROUTER never refuses a send (SNDHWM 0; one for a peer that has gone is dropped), so none is unsent.
+        self._replies = SendQueue(sock, after_send=self._reader.after_send)
         self._tasks = [asyncio.create_task(self._batch_loop(), name="tandem-batch")]
 
     async def load_models(self) -> None:
@@ -289,14 +293,16 @@ class WorkerServer:
                 self._latency.observe(batch.key, batch.rows, computed_s)
                 self._record_batch(model, batch, started, computed_s)
                 trace_batch(model, batch.items, started_ns, time.time_ns())
-                for job, tensors in zip(batch.items, outputs, strict=True):
-                    self._answer(job, tensors)
+                with self._held_replies():  # a batch's replies go back to back (common/send_queue.py)
+                    for job, tensors in zip(batch.items, outputs, strict=True):
+                        self._answer(job, tensors)
             except Exception as exc:
                 log.exception("batch of %d requests for %s failed", len(batch.items), batch.key)
                 error = exc if isinstance(exc, TandemError) else InternalError()
-                for job in [*batch.expired, *batch.items]:
-                    if not job.answered:
-                        self._answer_error(job, error)
+                with self._held_replies():
+                    for job in [*batch.expired, *batch.items]:
+                        if not job.answered:
+                            self._answer_error(job, error)
             finally:
                 self._running = []
 
@@ -404,15 +410,13 @@ class WorkerServer:
         metrics.WORKER_REQUESTS.labels(job.model.name, error.code).inc()
         self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
 
+    def _held_replies(self) -> contextlib.AbstractContextManager[None]:
+        return self._replies.held() if self._replies is not None else contextlib.nullcontext()
+
     def _send(self, identity: bytes, message: Reply | Pong) -> None:
-        if self._socket is None or self._socket.closed:
+        if self._replies is None or self._socket is None or self._socket.closed:
             return
-        try:
-            # A ROUTER never blocks on send (SNDHWM 0); one whose peer has gone drops the message.
-            self._socket.send_multipart([identity, *encode(message)], flags=zmq.NOBLOCK, copy=False)
-        finally:
-            if self._reader is not None:
-                self._reader.after_send()
+        self._replies.send([identity, *encode(message)])
 
 
 def trace_batch(model: LoadedModel, jobs: list[_Job], started_ns: int, ended_ns: int) -> None:

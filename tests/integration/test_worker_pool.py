@@ -13,6 +13,7 @@ import zmq.asyncio
 
 from tandem.common import wire
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound
+from tandem.common.send_queue import SendQueue
 from tandem.gateway.deadlines import Deadline
 from tandem.gateway.hedging import HedgePolicy
 from tandem.gateway.worker_client import WorkerPool
@@ -235,3 +236,25 @@ async def test_the_hedge_budget_stops_hedging() -> None:
         await wait_for(lambda: all(link.alive for link in pool.links))
         await asyncio.gather(*(pool.infer(request(), Deadline(2000)) for _ in range(20)))
         assert policy.hedges == 1
+
+
+async def test_requests_in_flight_together_share_sends_and_each_gets_its_own_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deferred = 0
+    defer = SendQueue.defer
+
+    def counting_defer(self: SendQueue, frames, token=None) -> None:
+        nonlocal deferred
+        deferred += 1
+        defer(self, frames, token)
+
+    monkeypatch.setattr(SendQueue, "defer", counting_defer)
+    async with pool_of(*started("echo")) as pool:
+        inputs = [np.full(4, i, dtype=np.float32) for i in range(32)]
+        requests = [wire.InferRequest("", "m", None, 0.0, [wire.Tensor.from_numpy("x", x)]) for x in inputs]
+        replies = await asyncio.gather(*(pool.infer(r, Deadline(5000)) for r in requests))
+    assert deferred > 0  # sent in one turn of the loop: all but the first went with the others
+    for x, reply in zip(inputs, replies, strict=True):
+        assert reply.ok
+        np.testing.assert_array_equal(reply.outputs[0].to_numpy(), x)
