@@ -49,10 +49,6 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._queued)
 
-    def writable(self) -> bool:
-        """True when the socket would take a message now (what a deferred message is checked against)."""
-        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
-
     def send(self, frames: Frames) -> None:
         """Send now, after anything queued; raises ``zmq.Again`` when the socket cannot take it.
 

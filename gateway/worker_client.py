@@ -480,7 +480,7 @@ class WorkerPool:
             request.trace = inject(span)
             # Encoded now: the request object is reused, with another id, by a hedge or a retry.
             frames = wire.encode(request)
-            if self._pending.outstanding(link) > 1 and link.sender.writable():
+            if self._pending.outstanding(link) > 1:
                 # Others are in flight on this worker: send with the rest of this loop turn's requests
                 # (common/send_queue.py). A message the socket refuses by then fails this attempt, retried.
                 link.sender.defer(frames, attempt_id)
