@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from tandem.common.errors import BadRequest, InternalError, error_from_code
@@ -92,6 +92,9 @@ router = APIRouter(tags=["products"], lifespan=_lifespan)
 
 class RecommendationRequest(BaseModel):
     """Who to recommend for, among which products, and how many."""
+
+    # A misspelt field (``limit`` for ``k``) is a 400 naming it, not a default silently applied.
+    model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     candidates: list[str] | None = Field(default=None, description="Product ids; the whole catalog when absent.")

@@ -152,6 +152,16 @@ def test_no_catalog_is_a_degraded_empty_answer_and_an_empty_list_a_bad_request(t
     asyncio.run(scenario())
 
 
+def test_an_unknown_field_is_a_bad_request_that_names_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _serving(tmp_path, InMemoryFeatureStore([], [])) as (client, _):
+            answer = await client.post("/v1/recommendations", json={"user_id": "u1", "limit": 3})
+        assert answer.status_code == 400
+        assert answer.json()["error"].startswith("limit: ") and "not permitted" in answer.json()["error"]
+
+    asyncio.run(scenario())
+
+
 def test_the_prediction_cache_spares_the_worker_for_the_same_rows(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = InMemoryFeatureStore(USERS, PRODUCTS)
