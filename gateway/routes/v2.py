@@ -23,6 +23,7 @@ from tandem.gateway.traffic import USER_ID_HEADER, Traffic
 from tandem.gateway.v2_codec import HEADER_LENGTH_HEADER, model_metadata_body
 from tandem.gateway.v2_infer import INFER_PATH, INFER_VERSION_PATH, JSON, InferHeaders, deadline_for, run_infer
 from tandem.gateway.v2_schema import INFER_OPENAPI
+from tandem.gateway.worker_client import version_order
 
 
 @asynccontextmanager
@@ -70,15 +71,11 @@ def _model_entry(request: Request, model: str, version: str | None) -> tuple[dic
     pool = gateway_state(request).pool
     pool.check_served(model, version)
     versions = pool.models()[model]
+    ordered = sorted(versions, key=version_order)
     if version is not None:
-        return versions[version], sorted(versions)
+        return versions[pool.served_version(model, version)], ordered
     preferred = [m for m in versions.values() if PREFERRED_ALIAS in m.get("aliases", ())]
-    chosen = preferred[0] if preferred else versions[max(versions, key=_version_key)]
-    return chosen, sorted(versions, key=_version_key)
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (-1, version)
+    return (preferred[0] if preferred else versions[ordered[-1]]), ordered
 
 
 @router.get("/v2/models/{model}")

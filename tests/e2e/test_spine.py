@@ -62,6 +62,20 @@ def test_versioned_infer_reaches_that_version(shared_stack: Stack) -> None:
     assert answer.json()["model_version"] == version
 
 
+def test_an_alias_in_the_path_names_the_version_it_points_to(shared_stack: Stack) -> None:
+    url = shared_stack.url
+    meta = httpx.get(f"{url}/v2/models/ranker/versions/champion", timeout=10)
+    assert meta.status_code == 200, meta.text
+    assert httpx.get(f"{url}/v2/models/ranker/versions/champion/ready", timeout=10).status_code == 200
+    rows = np.ones((2, NUM_FEATURES), np.float32)
+    answer = httpx.post(f"{url}/v2/models/ranker/versions/champion/infer", json=_infer_json(rows), timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] in meta.json()["versions"]
+    missing = httpx.post(f"{url}/v2/models/ranker/versions/nightly/infer", json=_infer_json(rows), timeout=10)
+    assert missing.status_code == 404 and "'nightly'" in missing.json()["error"]
+    assert "champion" in missing.json()["error"]  # what is served, aliases included
+
+
 def test_metadata_health_and_server_endpoints(shared_stack: Stack) -> None:
     url = shared_stack.url
     assert httpx.get(f"{url}/v2/health/live").status_code == 200

@@ -39,6 +39,7 @@ def _calls(model: str) -> list[Call]:
     return [
         (f"/v2/models/{model}/infer", good, json_type),
         (f"/v2/models/{model}/versions/1/infer", good, json_type),
+        (f"/v2/models/{model}/versions/champion/infer", good, json_type),  # an alias names its version
         (f"/v2/models/{model}/infer", binary, {"inference-header-content-length": str(len(header))}),
         (f"/v2/models/{model}/infer", good, {**json_type, "x-request-timeout-ms": "5000", "x-user-id": "u1"}),
         (f"/v2/models/{model}/infer", b"{not json", json_type),
@@ -89,8 +90,9 @@ async def _both(tiny_model: TinyModel, home: Path) -> tuple[list, list]:
 def test_the_fast_path_answers_like_the_route(tiny_model: TinyModel, tmp_path: Path) -> None:
     fast, routed = asyncio.run(_both(tiny_model, tmp_path))
     statuses = [status for status, _, _ in fast]
-    assert statuses[:4] == [200, 200, 200, 200], fast[:4]
-    assert all(400 <= status < 500 for status in statuses[4:]), fast
+    assert statuses[:5] == [200, 200, 200, 200, 200], fast[:5]
+    assert fast[2][1]["model_version"] == "1"
+    assert all(400 <= status < 500 for status in statuses[5:]), fast
     assert fast == routed
 
 
