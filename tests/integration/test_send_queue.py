@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 
 import pytest
 import zmq
@@ -12,24 +12,6 @@ import zmq
 from tandem.common.send_queue import SendQueue
 
 TIMEOUT_MS = 5000
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
-    """A ROUTER and a DEALER connected to it over TCP on an ephemeral port, the connection complete."""
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.IMMEDIATE, 1)  # as the gateway's: writable only once connected
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    assert dealer.poll(TIMEOUT_MS, zmq.POLLOUT)
-    yield router, dealer
-    dealer.close(linger=0)
-    router.close(linger=0)
-    context.term()
 
 
 def received(router: zmq.Socket, count: int) -> list[bytes]:
@@ -49,8 +31,8 @@ class Counter:
         self.calls += 1
 
 
-def test_deferred_messages_go_together_at_the_next_turn_of_the_loop(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_deferred_messages_go_together_at_the_next_turn_of_the_loop(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     after_send = Counter()
     queue = SendQueue(dealer, after_send=after_send)
 
@@ -66,8 +48,8 @@ def test_deferred_messages_go_together_at_the_next_turn_of_the_loop(pair: tuple[
     assert received(router, 3) == [b"a", b"b", b"c"]
 
 
-def test_a_message_sent_now_goes_after_the_queued_ones(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_a_message_sent_now_goes_after_the_queued_ones(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     queue = SendQueue(dealer, after_send=Counter())
 
     async def scenario() -> None:
@@ -80,8 +62,8 @@ def test_a_message_sent_now_goes_after_the_queued_ones(pair: tuple[zmq.Socket, z
     assert received(router, 3) == [b"first", b"second", b"third"]
 
 
-def test_messages_sent_while_held_go_back_to_back_on_the_way_out(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_messages_sent_while_held_go_back_to_back_on_the_way_out(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     after_send = Counter()
     queue = SendQueue(dealer, after_send=after_send)
     with queue.held():
@@ -134,8 +116,8 @@ def test_without_a_handler_a_refused_message_is_logged(caplog: pytest.LogCapture
         context.term()
 
 
-def test_nothing_is_sent_on_a_closed_socket(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    _router, dealer = pair
+def test_nothing_is_sent_on_a_closed_socket(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    _router, dealer = zmq_pair
     unsent: list[Hashable] = []
     queue = SendQueue(dealer, after_send=Counter(), on_unsent=unsent.append)
 

@@ -14,22 +14,6 @@ from tandem.common.socket_reader import MAX_MESSAGES_PER_WAKE, SocketReader
 TIMEOUT_S = 10.0
 
 
-@pytest.fixture
-def pair() -> tuple[zmq.Socket, zmq.Socket]:
-    """A ROUTER echo-side socket and a DEALER connected to it over TCP on an ephemeral port."""
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    yield router, dealer
-    dealer.close(linger=0)
-    router.close(linger=0)
-    context.term()
-
-
 async def _until(condition, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + TIMEOUT_S
     while not condition():
@@ -38,8 +22,8 @@ async def _until(condition, what: str) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_reads_messages_sent_before_and_after_start(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_reads_messages_sent_before_and_after_start(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     got: list[bytes] = []
 
     async def scenario() -> None:
@@ -57,9 +41,9 @@ def test_reads_messages_sent_before_and_after_start(pair: tuple[zmq.Socket, zmq.
     asyncio.run(scenario())
 
 
-def test_many_round_trips_with_sends_on_the_read_socket(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+def test_many_round_trips_with_sends_on_the_read_socket(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
     """The gateway's pattern: sends on the socket being read while replies arrive; none may be stranded."""
-    router, dealer = pair
+    router, dealer = zmq_pair
     rounds, window = 3000, 32
     replies: list[int] = []
     stop = threading.Event()
@@ -95,8 +79,8 @@ def test_many_round_trips_with_sends_on_the_read_socket(pair: tuple[zmq.Socket, 
     assert sorted(replies) == list(range(rounds))
 
 
-def test_a_flood_is_read_in_turns_without_loss(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_a_flood_is_read_in_turns_without_loss(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     count = 3 * MAX_MESSAGES_PER_WAKE + 7
     got: list[int] = []
     wakes_with_other_work: list[int] = []
@@ -125,9 +109,9 @@ def test_a_flood_is_read_in_turns_without_loss(pair: tuple[zmq.Socket, zmq.Socke
 
 
 def test_a_failing_callback_is_logged_and_later_messages_still_arrive(
-    pair: tuple[zmq.Socket, zmq.Socket], caplog: pytest.LogCaptureFixture
+    zmq_pair: tuple[zmq.Socket, zmq.Socket], caplog: pytest.LogCaptureFixture
 ) -> None:
-    router, dealer = pair
+    router, dealer = zmq_pair
     got: list[bytes] = []
 
     def on_message(frames: list[zmq.Frame]) -> None:
@@ -151,8 +135,8 @@ def test_a_failing_callback_is_logged_and_later_messages_still_arrive(
     assert any("error handling a message on flaky" in r.getMessage() for r in caplog.records)
 
 
-def test_stopped_reader_reads_nothing(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
-    router, dealer = pair
+def test_stopped_reader_reads_nothing(zmq_pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    router, dealer = zmq_pair
     got: list[bytes] = []
 
     async def scenario() -> None:
