@@ -38,7 +38,9 @@ class SendQueue:
     such a message is logged and dropped.
     """
 
-    def __init__(self, socket: zmq.Socket, *, after_send: Callable[[], None], on_unsent: OnUnsent | None = None):
+    def __init__(
+        self, socket: zmq.Socket, *, after_send: Callable[[], None], on_unsent: OnUnsent | None = None
+    ) -> None:
         self.socket = socket
         self._after_send = after_send
         self._on_unsent = on_unsent
