@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
 # MLflow tries the network for telemetry unless told not to, and its server starts job runners we do not use.
 QUIET_MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 STOP_GRACE_S = 5.0
 _POLL_S = 0.1
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_EPHEMERAL_LOW_DEFAULT = 32768  # Linux's default, where the file cannot be read
+_LOWEST_PICKED_PORT = 10000
+_PICK_TRIES = 1000
 
 
 def tandem_command(*args: str) -> list[str]:
@@ -83,9 +90,37 @@ def wait_http_ok(url: str, timeout_s: float, *, process: subprocess.Popen[bytes]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS says is free right now."""
-    import socket
+    """A TCP port free right now, below the kernel's ephemeral range, for a child to listen on.
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    The kernel hands out ports from the ephemeral range for ``bind`` to port 0 and for the local end of every
+    outgoing connection, so a port picked there can be taken by any process's next connection before the child
+    binds it: a gateway's own connection to its worker once took the port it was about to listen on. Below that
+    range only a process that names the port can take it.
+    """
+    low = ephemeral_port_low()
+    rng = random.Random()
+    for _ in range(_PICK_TRIES):
+        port = rng.randrange(_LOWEST_PICKED_PORT, low)
+        if port_is_free(host, port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: let the kernel choose
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def ephemeral_port_low() -> int:
+    """The first port of the kernel's ephemeral range."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_LOW_DEFAULT
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when a TCP socket can bind ``port`` on ``host`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
