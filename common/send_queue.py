@@ -46,7 +46,7 @@ class SendQueue:
         self._on_unsent = on_unsent
         self._queued: list[tuple[Frames, Hashable]] = []
         self._flush_scheduled = False
-        self._holds = 0
+        self._holding = False
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -56,7 +56,7 @@ class SendQueue:
 
         Inside ``held`` the message is queued instead (and never raises).
         """
-        if self._holds:
+        if self._holding:
             self._queued.append((frames, None))
             return
         try:
@@ -69,20 +69,19 @@ class SendQueue:
     def defer(self, frames: Frames, token: Hashable = None) -> None:
         """Queue a message to go with the others sent in this turn of the loop, at the start of the next one."""
         self._queued.append((frames, token))
-        if not self._flush_scheduled and not self._holds:
+        if not self._flush_scheduled and not self._holding:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._scheduled_flush)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Queue every message sent inside; send them back to back on the way out."""
-        self._holds += 1
+        self._holding = True
         try:
             yield
         finally:
-            self._holds -= 1
-            if not self._holds:
-                self.flush()
+            self._holding = False
+            self.flush()
 
     def flush(self) -> None:
         """Send everything queued now, in order."""

@@ -263,34 +263,22 @@ class WorkerPool:
         self._models_table = table
         return table
 
-    def check_served(self, model: str, version: str | None) -> None:
-        """Raise ``NotFound`` for a model (version or alias) that no live worker serves, ``ModelUnavailable`` if
-        none live."""
-        if version is None:
-            self._served_versions(model)
-        else:
-            self.served_version(model, version)
-
-    def served_version(self, model: str, version: str) -> str:
-        """The served version ``version`` names: itself, or the version an alias of it points to (workers resolve
-        either). During a rollout two versions may both list an alias: the newer is given. Raises as
-        ``check_served``."""
-        versions = self._served_versions(model)
-        if version in versions:
+    def check_served(self, model: str, version: str | None) -> str | None:
+        """The served version ``version`` names (None when none is asked for): itself, or the version an alias
+        points to, as workers resolve either; during a rollout two versions may list an alias, and the newer is
+        given. Raises ``NotFound`` for what no live worker serves, ``ModelUnavailable`` if none is live."""
+        if not any(link.alive for link in self._links):
+            raise ModelUnavailable("no worker is available")
+        versions = self.models().get(model)
+        if versions is None:
+            raise NotFound(f"model {model!r} is not served")
+        if version is None or version in versions:
             return version
         aliased = [number for number, entry in versions.items() if version in entry.get("aliases", ())]
         if not aliased:
             names = sorted({*versions, *(alias for entry in versions.values() for alias in entry.get("aliases", ()))})
             raise NotFound(f"model {model!r} has no version or alias {version!r}; served: {names}")
         return max(aliased, key=version_order)
-
-    def _served_versions(self, model: str) -> dict[str, dict[str, Any]]:
-        if not any(link.alive for link in self._links):
-            raise ModelUnavailable("no worker is available")
-        versions = self.models().get(model)
-        if versions is None:
-            raise NotFound(f"model {model!r} is not served")
-        return versions
 
     def pick(self, model: str, version: str | None, exclude: set[WorkerLink]) -> WorkerLink | None:
         """A live, ready worker serving the model: of two chosen at random, the one with fewer requests in flight.

@@ -266,6 +266,8 @@ class WorkerServer:
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        replies = self._replies
+        assert replies is not None  # start() makes it before it starts this loop
         while True:
             await self._batcher.wait()
             batch = self._batcher.take(self._latency.predict)
@@ -293,13 +295,13 @@ class WorkerServer:
                 self._latency.observe(batch.key, batch.rows, computed_s)
                 self._record_batch(model, batch, started, computed_s)
                 trace_batch(model, batch.items, started_ns, time.time_ns())
-                with self._held_replies():  # a batch's replies go back to back (common/send_queue.py)
+                with replies.held():  # a batch's replies go back to back (common/send_queue.py)
                     for job, tensors in zip(batch.items, outputs, strict=True):
                         self._answer(job, tensors)
             except Exception as exc:
                 log.exception("batch of %d requests for %s failed", len(batch.items), batch.key)
                 error = exc if isinstance(exc, TandemError) else InternalError()
-                with self._held_replies():
+                with replies.held():
                     for job in [*batch.expired, *batch.items]:
                         if not job.answered:
                             self._answer_error(job, error)
@@ -409,9 +411,6 @@ class WorkerServer:
         self._finish(job)
         metrics.WORKER_REQUESTS.labels(job.model.name, error.code).inc()
         self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
-
-    def _held_replies(self) -> contextlib.AbstractContextManager[None]:
-        return self._replies.held() if self._replies is not None else contextlib.nullcontext()
 
     def _send(self, identity: bytes, message: Reply | Pong) -> None:
         if self._replies is None or self._socket is None or self._socket.closed:

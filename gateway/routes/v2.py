@@ -69,11 +69,11 @@ async def server_metadata() -> Response:
 
 def _model_entry(request: Request, model: str, version: str | None) -> tuple[dict[str, Any], list[str]]:
     pool = gateway_state(request).pool
-    pool.check_served(model, version)
+    named = pool.check_served(model, version)
     versions = pool.models()[model]
     ordered = sorted(versions, key=version_order)
-    if version is not None:
-        return versions[pool.served_version(model, version)], ordered
+    if named is not None:
+        return versions[named], ordered
     preferred = [m for m in versions.values() if PREFERRED_ALIAS in m.get("aliases", ())]
     return (preferred[0] if preferred else versions[ordered[-1]]), ordered
 
