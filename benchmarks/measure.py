@@ -11,7 +11,7 @@ the overload phase sends ``workload.deadline_ms`` itself, so a system that sheds
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +174,40 @@ def paired_rate(entries: list[Entry], rate_rps: float, duration_s: float, rounds
         for entry in entries:
             runs[entry.label].append(at_rate(entry.server, entry.workload, rate_rps, duration_s, seed=11 + round_index))
     return {label: {**representative(each), "runs": each} for label, each in runs.items()}
+
+
+def meets_slo(point: dict[str, Any], deadline_ms: float) -> bool:
+    """Whether an open-loop run kept up with its rate and answered 99% of its 200s within ``deadline_ms``."""
+    p99 = point["latency_ms"].get("200", {}).get("p99", float("inf"))
+    return bool(point.get("sustained")) and p99 <= deadline_ms
+
+
+def bisect_sustainable(
+    points: Sequence[dict[str, Any]], deadline_ms: float, probe: Callable[[float], dict[str, Any]], steps: int
+) -> dict[str, Any]:
+    """The highest open-loop rate that ``meets_slo``: MLPerf's server-scenario capacity, found by bisection.
+
+    Starts from a sweep's ``points``: between the fastest point that meets the SLO and the slowest faster one
+    that does not, ``probe(rate)`` runs ``steps`` more points, each halving the interval. When every point
+    meets it, the fastest point is the answer (nothing faster was offered); when none does, the search runs
+    below the slowest. ``rps`` is the lower end of the last interval: a rate actually seen to meet the SLO.
+    """
+    ordered = sorted(points, key=lambda p: p["offered_rps"])
+    met = [p["offered_rps"] for p in ordered if meets_slo(p, deadline_ms)]
+    low = max(met, default=0.0)
+    missed = [p["offered_rps"] for p in ordered if p["offered_rps"] > low and not meets_slo(p, deadline_ms)]
+    probes: list[dict[str, Any]] = []
+    if missed:
+        high = min(missed)
+        for _ in range(steps):
+            rate = (low + high) / 2
+            run_at = probe(rate)
+            probes.append(run_at)
+            if meets_slo(run_at, deadline_ms):
+                low = rate
+            else:
+                high = rate
+    return {"rps": round(low, 1), "deadline_ms": deadline_ms, "probes": probes}
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
