@@ -321,11 +321,14 @@ async def open_loop(
     max_connections: int = 512,
     max_requests: int = 10**7,
     drain_s: float = DRAIN_S,
+    warmup_s: float = 0.0,
 ) -> LoadResult:
     """Poisson arrivals at ``rate_rps`` for ``duration_s`` (or ``max_requests``); latency from scheduled arrival.
 
     An arrival that finds all ``max_connections`` busy is counted as ``errors["no_connection"]`` (the client,
-    not the server, ran out), so keep it well above rate x latency.
+    not the server, ran out), so keep it well above rate x latency. Arrivals in the first ``warmup_s`` are
+    sent at the same rate but not counted: the run opens its connections as it needs them, and the first
+    request on each new connection waits for the server to accept it.
     """
     result = LoadResult(mode="open", offered_rps=rate_rps)
     loop = asyncio.get_running_loop()
@@ -348,15 +351,17 @@ async def open_loop(
         if not counting:
             return
         finished = time.perf_counter()
-        result.record(status, finished - scheduled)
+        if scheduled >= measured_from:
+            result.record(status, finished - scheduled)
         idle.append((connection, finished))
         finish_one()
 
     def lost(connection: _Answering, kind: str) -> None:
         connections.discard(connection)
         if connection.scheduled is not None and counting:
+            if connection.scheduled >= measured_from:
+                result.errors[kind] += 1
             connection.scheduled = None
-            result.errors[kind] += 1
             finish_one()
 
     async def open_then_send(scheduled: float) -> None:
@@ -366,7 +371,8 @@ async def open_loop(
             await asyncio.wait_for(loop.create_connection(lambda: connection, host, port), CONNECT_TIMEOUT_S)
         except _TRANSPORT_ERRORS as exc:
             connections.discard(connection)
-            result.errors[type(exc).__name__] += 1
+            if scheduled >= measured_from:
+                result.errors[type(exc).__name__] += 1
             finish_one()
             return
         connection.send(request, scheduled)
@@ -374,7 +380,9 @@ async def open_loop(
     def arrive(scheduled: float) -> None:
         nonlocal in_flight
         now = time.perf_counter()
-        result.client_delays_s.append(now - scheduled)
+        if scheduled >= measured_from:
+            result.sent += 1
+            result.client_delays_s.append(now - scheduled)
         in_flight += 1
         # Like an HTTP client's pool, drop connections idle for longer than a server keeps them (uvicorn: 5 s):
         # reusing one races the server closing it, which is a client artifact, not a server error.
@@ -394,13 +402,15 @@ async def open_loop(
             opening.add(task)
             task.add_done_callback(opening.discard)
             return
-        result.errors["no_connection"] += 1
+        if scheduled >= measured_from:
+            result.errors["no_connection"] += 1
         finish_one()
 
     # Arrivals are timer callbacks, each scheduling the next (every arrival already due is sent at once): a
     # sleep per arrival cost a future and a task wake-up each.
     began = time.perf_counter()
-    stop_at = began + duration_s
+    measured_from = began + warmup_s
+    stop_at = measured_from + duration_s
 
     def tick(next_at: float, woken: bool = False) -> None:
         nonlocal sending
@@ -412,7 +422,6 @@ async def open_loop(
                 loop.call_later(delay, tick, next_at, True)
                 return
             woken = False
-            result.sent += 1
             arrive(next_at)
             next_at += rng.expovariate(rate_rps)
         sending = False
@@ -429,7 +438,7 @@ async def open_loop(
         counting = False
         for task in list(opening):
             task.cancel()
-        result.elapsed_s = time.perf_counter() - began
+        result.elapsed_s = time.perf_counter() - measured_from
         for connection in list(connections):
             if connection.transport is not None:
                 connection.transport.close()
@@ -461,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--concurrency", type=int, help="closed loop: callers")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--max-requests", type=int, default=10**7, help="stop after sending this many")
+    parser.add_argument("--warmup", type=float, default=0.0, help="open loop: seconds sent first, not counted")
     parser.add_argument("--deadline-ms", type=float, help="report goodput: 200s answered within this")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the summary here")
@@ -475,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate is not None:
         coroutine = open_loop(
             host, port, request, rate_rps=args.rate, duration_s=args.duration, seed=args.seed,
-            max_requests=args.max_requests,
+            max_requests=args.max_requests, warmup_s=args.warmup,
         )  # fmt: skip
     else:
         coroutine = closed_loop(

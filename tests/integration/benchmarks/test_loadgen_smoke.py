@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from benchmarks import loadgen
 from benchmarks.baselines import echo, naive
@@ -104,6 +105,36 @@ def test_a_bounded_count_stops_both_loops(baseline: int) -> None:
     opened = asyncio.run(loadgen.open_loop(LOCALHOST, baseline, request, rate_rps=500, duration_s=30, max_requests=20))
     assert closed.sent == closed.ok == 20
     assert opened.sent == opened.ok == 20
+
+
+def test_the_open_loops_warm_up_is_sent_at_the_rate_and_not_counted() -> None:
+    rate, warmup_s, duration_s, seed = 200.0, 0.4, 0.4, 5
+    rng = random.Random(seed)  # the schedule open_loop draws: the first arrival at once, then exponential gaps
+    offsets, at = [], 0.0
+    while at < warmup_s + duration_s:
+        offsets.append(at)
+        at += rng.expovariate(rate)
+    warm = sum(1 for offset in offsets if offset < warmup_s)
+    app = echo.create_app()
+    answered = []
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        answered.append(1)
+        return await call_next(request)
+
+    payload, headers = body()
+    with serving(app) as port:
+        request = loadgen.build_request(LOCALHOST, port, PATH, payload, headers)
+        result = asyncio.run(
+            loadgen.open_loop(
+                LOCALHOST, port, request, rate_rps=rate, duration_s=duration_s, seed=seed, warmup_s=warmup_s
+            )
+        )
+    assert 0 < warm < len(offsets)
+    assert result.sent == result.ok == len(offsets) - warm
+    assert len(result.client_delays_s) == result.sent
+    assert len(answered) == len(offsets)  # the warm-up's requests went to the server all the same
 
 
 def test_refused_connections_are_counted_by_kind() -> None:
