@@ -11,7 +11,7 @@ passed the window closes with the loop thread's demand for a CPU and the rate ad
 Demand is the time the thread ran plus the time it waited runnable for a core (``demand_clock``, from Linux's
 schedstat), over wall time: a loop starved of CPU by other processes is as much the bottleneck as a loop that
 runs all the time, and with two gateway processes on two shared cores neither loop ran 85% of the time, so
-neither refused, while admitted requests waited 110-135 ms at p50 against a 100 ms deadline. Only the loop
+neither refused, while admitted requests waited 100-135 ms at p50 against a 100 ms deadline. Only the loop
 thread counts: ZeroMQ's I/O thread runs beside it and is not the loop's work.
 """
 
