@@ -146,6 +146,7 @@ class Admission:
         """The loop's sustained lag, read once, or None when it is too small to refuse anything for."""
         if self.lag is None:
             return None
+        self.lag.note_arrival()
         wait_s = self.lag.sustained_s
         return wait_s if wait_s > self.lag_floor_s else None
 

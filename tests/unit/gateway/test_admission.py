@@ -118,11 +118,50 @@ def test_one_long_pause_is_not_a_standing_queue() -> None:
 async def _one_long_pause() -> None:
     lag = LoopLag(tick_s=0.001, window_s=0.05)
     lag.start()
+    traffic = asyncio.create_task(_arrivals(lag))  # requests keep coming, so the sampler never sleeps
     try:
         await asyncio.sleep(0.03)
         time.sleep(0.1)  # one stall: the window it ends in had on-time ticks before it
         await asyncio.sleep(0.005)
+        assert lag.sampling
         assert lag.sustained_s < 0.05
+    finally:
+        traffic.cancel()
+        lag.stop()
+
+
+async def _arrivals(lag: LoopLag) -> None:
+    while True:
+        lag.note_arrival()
+        await asyncio.sleep(0.0005)
+
+
+def test_the_lag_monitor_sleeps_while_the_loop_is_idle_and_wakes_on_an_arrival() -> None:
+    asyncio.run(_idle_then_busy())
+
+
+async def _idle_then_busy() -> None:
+    lag = LoopLag(tick_s=0.001, window_s=0.02)
+    lag.start()
+    try:
+        await asyncio.sleep(0.02)  # nothing arrives: one tick on time, then no timer until a request comes
+        assert not lag.sampling and lag.sustained_s == 0.0
+        traffic = asyncio.create_task(_arrivals(lag))
+        try:
+            await asyncio.sleep(0)
+            assert lag.sampling
+            ends = time.monotonic() + 0.2
+            while time.monotonic() < ends:  # requests arriving into a loop held up 15 ms a round
+                time.sleep(0.015)
+                await asyncio.sleep(0)
+            assert lag.sustained_s >= 0.005
+        finally:
+            traffic.cancel()
+        await asyncio.sleep(0.02)  # the queue drains and arrivals stop: asleep again, no stale lag
+        assert not lag.sampling and lag.sustained_s == 0.0
+        lag.stop()
+        lag.note_arrival()  # a stopped monitor stays stopped
+        assert not lag.sampling
     finally:
         lag.stop()
 
