@@ -98,17 +98,21 @@ async def _standing_queue_then_idle() -> None:
     lag = LoopLag(tick_s=0.001, window_s=0.02)
     lag.start()
     try:
-        # Every loop round is held up 15 ms, as when each poll finds more requests than the CPU can serve.
-        ends = time.monotonic() + 0.3
-        while time.monotonic() < ends:
-            time.sleep(0.015)
-            await asyncio.sleep(0)
+        await _held_up(0.3)
         assert lag.sustained_s >= 0.005
         await asyncio.sleep(0.005)  # the loop is idle again: the first tick on time clears it
         assert lag.sustained_s < 0.005
     finally:
         lag.stop()
     assert lag.sustained_s == 0.0
+
+
+async def _held_up(seconds: float) -> None:
+    """Every loop round held up 15 ms, as when each poll finds more requests than the CPU can serve."""
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        time.sleep(0.015)
+        await asyncio.sleep(0)
 
 
 def test_one_long_pause_is_not_a_standing_queue() -> None:
@@ -150,10 +154,7 @@ async def _idle_then_busy() -> None:
         try:
             await asyncio.sleep(0)
             assert lag.sampling
-            ends = time.monotonic() + 0.2
-            while time.monotonic() < ends:  # requests arriving into a loop held up 15 ms a round
-                time.sleep(0.015)
-                await asyncio.sleep(0)
+            await _held_up(0.2)
             assert lag.sustained_s >= 0.005
         finally:
             traffic.cancel()
