@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -90,21 +92,31 @@ def test_a_refusal_is_503_with_retry_after_and_a_reason_while_health_still_answe
     assert admission.inflight == 0
 
 
-def test_the_lag_monitor_reports_a_standing_queue_and_forgets_it_once_it_drains() -> None:
-    asyncio.run(_standing_queue_then_idle())
-
-
-async def _standing_queue_then_idle() -> None:
-    lag = LoopLag(tick_s=0.001, window_s=0.02)
+@asynccontextmanager
+async def sampling(window_s: float) -> AsyncIterator[LoopLag]:
+    """A lag monitor ticking every millisecond on the running loop, stopped at the end."""
+    lag = LoopLag(tick_s=0.001, window_s=window_s)
     lag.start()
     try:
-        await _held_up(0.3)
-        assert lag.sustained_s >= 0.005
-        await asyncio.sleep(0.005)  # the loop is idle again: the first tick on time clears it
-        assert lag.sustained_s < 0.005
+        yield lag
     finally:
         lag.stop()
-    assert lag.sustained_s == 0.0
+
+
+@asynccontextmanager
+async def arrivals(lag: LoopLag) -> AsyncIterator[None]:
+    """Requests arriving every half millisecond (as admission notes them) for the block's duration."""
+
+    async def arrive() -> None:
+        while True:
+            lag.note_arrival()
+            await asyncio.sleep(0.0005)
+
+    task = asyncio.create_task(arrive())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _held_up(seconds: float) -> None:
@@ -115,56 +127,47 @@ async def _held_up(seconds: float) -> None:
         await asyncio.sleep(0)
 
 
+def test_the_lag_monitor_reports_a_standing_queue_and_forgets_it_once_it_drains() -> None:
+    async def scenario() -> LoopLag:
+        async with sampling(window_s=0.02) as lag:
+            await _held_up(0.3)
+            assert lag.sustained_s >= 0.005
+            await asyncio.sleep(0.005)  # the loop is idle again: the first tick on time clears it
+            assert lag.sustained_s < 0.005
+        return lag
+
+    assert asyncio.run(scenario()).sustained_s == 0.0
+
+
 def test_one_long_pause_is_not_a_standing_queue() -> None:
-    asyncio.run(_one_long_pause())
+    async def scenario() -> None:
+        async with sampling(window_s=0.05) as lag, arrivals(lag):  # requests keep coming: the sampler never sleeps
+            await asyncio.sleep(0.03)
+            time.sleep(0.1)  # one stall: the window it ends in had on-time ticks before it
+            await asyncio.sleep(0.005)
+            assert lag.sampling
+            assert lag.sustained_s < 0.05
 
-
-async def _one_long_pause() -> None:
-    lag = LoopLag(tick_s=0.001, window_s=0.05)
-    lag.start()
-    traffic = asyncio.create_task(_arrivals(lag))  # requests keep coming, so the sampler never sleeps
-    try:
-        await asyncio.sleep(0.03)
-        time.sleep(0.1)  # one stall: the window it ends in had on-time ticks before it
-        await asyncio.sleep(0.005)
-        assert lag.sampling
-        assert lag.sustained_s < 0.05
-    finally:
-        traffic.cancel()
-        lag.stop()
-
-
-async def _arrivals(lag: LoopLag) -> None:
-    while True:
-        lag.note_arrival()
-        await asyncio.sleep(0.0005)
+    asyncio.run(scenario())
 
 
 def test_the_lag_monitor_sleeps_while_the_loop_is_idle_and_wakes_on_an_arrival() -> None:
-    asyncio.run(_idle_then_busy())
+    async def scenario() -> None:
+        async with sampling(window_s=0.02) as lag:
+            await asyncio.sleep(0.02)  # nothing arrives: one tick on time, then no timer until a request comes
+            assert not lag.sampling and lag.sustained_s == 0.0
+            async with arrivals(lag):
+                await asyncio.sleep(0)
+                assert lag.sampling
+                await _held_up(0.2)
+                assert lag.sustained_s >= 0.005
+            await asyncio.sleep(0.02)  # the queue drains and arrivals stop: asleep again, no stale lag
+            assert not lag.sampling and lag.sustained_s == 0.0
+            lag.stop()
+            lag.note_arrival()  # a stopped monitor stays stopped
+            assert not lag.sampling
 
-
-async def _idle_then_busy() -> None:
-    lag = LoopLag(tick_s=0.001, window_s=0.02)
-    lag.start()
-    try:
-        await asyncio.sleep(0.02)  # nothing arrives: one tick on time, then no timer until a request comes
-        assert not lag.sampling and lag.sustained_s == 0.0
-        traffic = asyncio.create_task(_arrivals(lag))
-        try:
-            await asyncio.sleep(0)
-            assert lag.sampling
-            await _held_up(0.2)
-            assert lag.sustained_s >= 0.005
-        finally:
-            traffic.cancel()
-        await asyncio.sleep(0.02)  # the queue drains and arrivals stop: asleep again, no stale lag
-        assert not lag.sampling and lag.sustained_s == 0.0
-        lag.stop()
-        lag.note_arrival()  # a stopped monitor stays stopped
-        assert not lag.sampling
-    finally:
-        lag.stop()
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(("share", "refused"), [(0.1, True), (0.5, False)])
