@@ -16,9 +16,9 @@ No sockets and no threads here: the server's event loop calls every method. The 
    - A batch holds no more rows than one predicted to take a third of its head request's budget
      (``BATCH_SHARE_OF_BUDGET``, ``batch_rows_for``; always at least the head itself). A request may wait for
      the batch in flight and one queued batch, then run in its own. Nexus (SOSP '19) sizes batches the same
-     way with a half (the batch in flight, then its own); a third leaves admission (``worker/server.py``)
-     room for one queued batch and its safety margin. Without a bound a deep queue forms batches that take
-     longer than the deadline.
+     way with a half (the batch in flight, then its own); a third leaves admission (``worker/server.py``,
+     which keeps half of a newcomer's budget in reserve) room for the batch in flight and the newcomer's.
+     Without a bound a deep queue forms batches that take longer than the deadline.
    - When the batch so formed would make some of its requests late, it is cut short before the first one
      that breaks the tightest deadline, but only if that costs the requests left out nothing: each still
      makes its deadline after the short batch and then theirs. Otherwise the requests the full batch would

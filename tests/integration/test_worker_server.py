@@ -20,6 +20,7 @@ import zmq.asyncio
 
 from tandem.common.settings import WorkerSettings
 from tandem.common.wire import Cancel, InferRequest, Message, Ping, Pong, Reply, Tensor, decode, encode
+from tandem.worker import server as server_module
 from tandem.worker.latency import MIN_BATCHES
 from tandem.worker.loader import LoadedModel, TensorSignature
 from tandem.worker.server import WorkerServer
@@ -195,14 +196,18 @@ def test_deadline_passing_in_the_queue_is_answered_without_computing(tmp_path: P
     run_with_server(tmp_path, scenario)
 
 
-def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(tmp_path: Path) -> None:
+def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batches of ``gate`` are taught to take 0.1 s + 10 ms a row; one 1-row batch computes, 10 rows queue.
 
     A 600 ms newcomer gets batches of at most 10 rows (a third of its budget): the queued 10 fill one and its
-    own, filled by later arrivals, is a second, so 110 + 2 x 200 = 510 ms, over 600 ms with the 1.25 margin:
-    refused. Counting only its own row (the queue as one batch, then 110 ms for itself) would have admitted it.
-    A 700 ms newcomer gets 13-row batches: 110 + 230 = 340 ms, admitted.
+    own, filled by later arrivals, is a second, so 110 + 2 x 200 = 510 ms, over 600 ms with a 1.25 margin:
+    refused. Counting only its own row (the queue as one batch, then 110 ms for itself, 420 ms) would have
+    admitted it. A 700 ms newcomer gets 13-row batches: 110 + 230 = 340 ms, admitted. The margin is pinned at
+    1.25 here: with the served one (a half) this rule and the own-row count agree at every budget.
     """
+    monkeypatch.setattr(server_module, "SHED_SAFETY_FACTOR", 1.25)
 
     async def scenario(h: Harness) -> None:
         for _ in range(4):
@@ -225,6 +230,37 @@ def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(tmp_
             assert isinstance(reply, Reply)
             statuses[reply.request_id] = reply.status
         assert statuses == {"busy": "ok", "queued": "ok", "roomy": "ok"}
+
+    run_with_server(tmp_path, scenario)
+
+
+def test_admission_keeps_half_of_a_newcomers_budget_in_reserve(tmp_path: Path) -> None:
+    """Batches of ``gate`` take 0.1 s + 10 ms a row; one 1-row batch computes (110 ms left), nothing queues.
+
+    A newcomer's own batch (counted full, 0.1 s + 10 ms a row, as many rows as compute in a third of its budget)
+    after the one in flight: with 600 ms, 10-row batches, 110 + 200 = 310 ms, over half its budget: refused,
+    though it would have made its deadline. With 700 ms, 13-row batches, 110 + 230 = 340 ms: admitted.
+    """
+
+    async def scenario(h: Harness) -> None:
+        for _ in range(4):
+            for rows in (1, 10, 40):
+                h.server._latency.observe(("gate", "3"), rows, 0.1 + 0.01 * rows)
+        await h.send(request("busy", 1.0))
+        await h.batch_is_computing()
+        await h.send(request("half", 1.0, budget_ms=600))
+        reply = await h.recv()
+        assert isinstance(reply, Reply) and reply.request_id == "half"
+        assert reply.status == "overloaded" and "expected 310 ms" in (reply.error or "")
+        await h.send(request("roomy", 1.0, budget_ms=700))
+        assert (await h.sync()).queued_rows == 1
+        h.gate.opened.set()
+        statuses = {}
+        while len(statuses) < 2:
+            reply = await h.recv()
+            assert isinstance(reply, Reply)
+            statuses[reply.request_id] = reply.status
+        assert statuses == {"busy": "ok", "roomy": "ok"}
 
     run_with_server(tmp_path, scenario)
 
