@@ -196,6 +196,25 @@ def test_deadline_passing_in_the_queue_is_answered_without_computing(tmp_path: P
     run_with_server(tmp_path, scenario)
 
 
+async def _one_batch_computing_at_known_speed(h: Harness) -> None:
+    """Teach the latency model that batches of ``gate`` take 0.1 s + 10 ms a row, then hold a 1-row batch."""
+    for _ in range(4):
+        for rows in (1, 10, 40):
+            h.server._latency.observe(("gate", "3"), rows, 0.1 + 0.01 * rows)
+    await h.send(request("busy", 1.0))
+    await h.batch_is_computing()
+
+
+async def _statuses(h: Harness, count: int) -> dict[str, str]:
+    """The status of each of the next ``count`` replies, by request id."""
+    statuses = {}
+    while len(statuses) < count:
+        reply = await h.recv()
+        assert isinstance(reply, Reply)
+        statuses[reply.request_id] = reply.status
+    return statuses
+
+
 def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,11 +229,7 @@ def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(
     monkeypatch.setattr(server_module, "SHED_SAFETY_FACTOR", 1.25)
 
     async def scenario(h: Harness) -> None:
-        for _ in range(4):
-            for rows in (1, 10, 40):
-                h.server._latency.observe(("gate", "3"), rows, 0.1 + 0.01 * rows)
-        await h.send(request("busy", 1.0))
-        await h.batch_is_computing()
+        await _one_batch_computing_at_known_speed(h)
         await h.send(request("queued", 1.0, rows=10))
         await h.send(request("tight", 1.0, budget_ms=600))
         reply = await h.recv()
@@ -224,12 +239,7 @@ def test_admission_counts_a_newcomers_batch_as_full_and_sized_by_its_budget(
         pong = await h.sync()
         assert pong.queued_rows == 11
         h.gate.opened.set()
-        statuses = {}
-        while len(statuses) < 3:
-            reply = await h.recv()
-            assert isinstance(reply, Reply)
-            statuses[reply.request_id] = reply.status
-        assert statuses == {"busy": "ok", "queued": "ok", "roomy": "ok"}
+        assert await _statuses(h, 3) == {"busy": "ok", "queued": "ok", "roomy": "ok"}
 
     run_with_server(tmp_path, scenario)
 
@@ -243,11 +253,7 @@ def test_admission_keeps_half_of_a_newcomers_budget_in_reserve(tmp_path: Path) -
     """
 
     async def scenario(h: Harness) -> None:
-        for _ in range(4):
-            for rows in (1, 10, 40):
-                h.server._latency.observe(("gate", "3"), rows, 0.1 + 0.01 * rows)
-        await h.send(request("busy", 1.0))
-        await h.batch_is_computing()
+        await _one_batch_computing_at_known_speed(h)
         await h.send(request("half", 1.0, budget_ms=600))
         reply = await h.recv()
         assert isinstance(reply, Reply) and reply.request_id == "half"
@@ -255,12 +261,7 @@ def test_admission_keeps_half_of_a_newcomers_budget_in_reserve(tmp_path: Path) -
         await h.send(request("roomy", 1.0, budget_ms=700))
         assert (await h.sync()).queued_rows == 1
         h.gate.opened.set()
-        statuses = {}
-        while len(statuses) < 2:
-            reply = await h.recv()
-            assert isinstance(reply, Reply)
-            statuses[reply.request_id] = reply.status
-        assert statuses == {"busy": "ok", "roomy": "ok"}
+        assert await _statuses(h, 2) == {"busy": "ok", "roomy": "ok"}
 
     run_with_server(tmp_path, scenario)
 
