@@ -28,20 +28,22 @@ SATURATED_SHARE = 0.85
 """A loop thread busy for at least this share of a window is what the requests wait for."""
 
 
-def _schedstat_demand() -> float:
-    run_ns, wait_ns, _ = _SCHEDSTAT.read_bytes().split()
-    return (int(run_ns) + int(wait_ns)) / _NS_PER_S
+def schedstat_clock(path: Path = _SCHEDSTAT) -> Callable[[], float]:
+    """A clock of the calling thread's run time plus its runqueue wait, read from ``path`` (Linux's schedstat);
+    ``time.thread_time`` (run time alone) where that cannot be read."""
 
+    def demand() -> float:
+        run_ns, wait_ns, _ = path.read_bytes().split()
+        return (int(run_ns) + int(wait_ns)) / _NS_PER_S
 
-def _has_schedstat() -> bool:
     try:
-        _schedstat_demand()
+        demand()
     except (OSError, ValueError):
-        return False
-    return True
+        return time.thread_time
+    return demand
 
 
-demand_clock: Callable[[], float] = _schedstat_demand if _has_schedstat() else time.thread_time
+demand_clock = schedstat_clock()
 """Seconds the calling thread has run or waited runnable for a core; its CPU time where schedstat is missing."""
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
 
 from tandem.gateway.admission import MIN_SATURATED_INFLIGHT, Admission, AdmissionMiddleware
-from tandem.gateway.saturation import WINDOW_S, Saturation
+from tandem.gateway.saturation import WINDOW_S, Saturation, schedstat_clock
 from tests.support.scopes import post_scope
 
 
@@ -129,3 +131,12 @@ def test_the_middleware_refuses_with_503_and_counts_what_it_admitted_as_finished
     assert admitted.status_code == 200
     assert admission.rejected == 1 and admission.inflight == 0
     assert saturation._finished == 1  # the admitted request, toward the next window's finish rate
+
+
+def test_the_demand_clock_adds_runqueue_wait_to_run_time_and_falls_back_to_cpu_time(tmp_path: Path) -> None:
+    schedstat = tmp_path / "schedstat"
+    schedstat.write_text("3000000000 1500000000 42\n")  # run ns, runqueue wait ns, timeslices
+    assert schedstat_clock(schedstat)() == 4.5
+    assert schedstat_clock(tmp_path / "missing") is time.thread_time
+    schedstat.write_text("garbled\n")
+    assert schedstat_clock(schedstat) is time.thread_time
