@@ -347,11 +347,14 @@ async def open_loop(
         if not sending and in_flight == 0:
             settled.set()
 
+    def measured(scheduled: float) -> bool:
+        return scheduled >= measured_from  # arrivals of the warm-up are sent, never counted
+
     def done(connection: _Answering, status: int, scheduled: float) -> None:
         if not counting:
             return
         finished = time.perf_counter()
-        if scheduled >= measured_from:
+        if measured(scheduled):
             result.record(status, finished - scheduled)
         idle.append((connection, finished))
         finish_one()
@@ -359,7 +362,7 @@ async def open_loop(
     def lost(connection: _Answering, kind: str) -> None:
         connections.discard(connection)
         if connection.scheduled is not None and counting:
-            if connection.scheduled >= measured_from:
+            if measured(connection.scheduled):
                 result.errors[kind] += 1
             connection.scheduled = None
             finish_one()
@@ -371,7 +374,7 @@ async def open_loop(
             await asyncio.wait_for(loop.create_connection(lambda: connection, host, port), CONNECT_TIMEOUT_S)
         except _TRANSPORT_ERRORS as exc:
             connections.discard(connection)
-            if scheduled >= measured_from:
+            if measured(scheduled):
                 result.errors[type(exc).__name__] += 1
             finish_one()
             return
@@ -380,7 +383,7 @@ async def open_loop(
     def arrive(scheduled: float) -> None:
         nonlocal in_flight
         now = time.perf_counter()
-        if scheduled >= measured_from:
+        if measured(scheduled):
             result.sent += 1
             result.client_delays_s.append(now - scheduled)
         in_flight += 1
@@ -402,7 +405,7 @@ async def open_loop(
             opening.add(task)
             task.add_done_callback(opening.discard)
             return
-        if scheduled >= measured_from:
+        if measured(scheduled):
             result.errors["no_connection"] += 1
         finish_one()
 

@@ -102,10 +102,10 @@ def _overload(group: str, tandem: dict[str, Any]) -> list[Check]:
     if not over:
         return []
     # The search for the max sustainable load ran open-loop points too, the fastest near that load.
-    points = [*tandem.get("sweep", []), *tandem.get("sustainable", {}).get("probes", [])]
+    sustainable = tandem.get("sustainable", {})
+    points = [*tandem.get("sweep", []), *sustainable.get("probes", [])]
     peak = max((p.get("goodput_rps", 0.0) for p in points), default=0.0)
-    sustainable = tandem.get("sustainable", {}).get("rps")
-    basis = f" (2 x {sustainable:.0f} sustainable)" if sustainable else ""
+    basis = f" (2 x {sustainable['rps']:.0f} sustainable)" if sustainable.get("rps") else ""
     rejected = [s for s in over["latency_ms"] if s not in ("200", "504")]
     rejection_p99 = max((over["latency_ms"][s]["p99"] for s in rejected), default=float("nan"))
     deadline, offered = over["deadline_ms"], over["offered_rps"]
