@@ -280,8 +280,9 @@ class WorkerServer:
             if batch is None:
                 continue
             try:
-                for job in batch.expired:
-                    self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
+                with replies.held():
+                    for job in batch.expired:
+                        self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
                 if not batch.items:
                     continue
                 self._running = batch.items
