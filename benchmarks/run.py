@@ -223,7 +223,8 @@ def _sustainable(ctx: Context, entry: Entry, figures: dict[str, dict[str, Any]])
 def _overload(ctx: Context, entry: Entry, figures: dict[str, dict[str, Any]]) -> None:
     """Open loop at twice the max sustainable load, each request carrying the workload's deadline."""
     figure = figures[entry.label]
-    sustainable = figure.get("sustainable", {}).get("rps") or figure["saturation"]["max_rps"]
+    # No rate met the deadline at p99 (a system that cannot serve its own SLO): overload from the closed-loop peak.
+    sustainable = figure["sustainable"]["rps"] or figure["saturation"]["max_rps"]
     figure["overload"] = at_rate(
         entry.server, entry.workload, OVERLOAD_FACTOR * sustainable, ctx.durations.overload_s,
         timeout_ms=entry.workload.deadline_ms, seed=9,
