@@ -383,6 +383,7 @@ def _pipeline(ctx: Context, tandem: Entry, module: Any, inputs_for: raw_torch.In
                 "ratio": round(run["throughput_rps"] / b0_rps, 4) if b0_rps else float("nan"),
                 "mean_batch": round(mean_batch, 2),
                 "max_batch": after["max_batch_rows"],
+                "batch_cap": after["batch_cap"] or None,
                 "batches": batches,
                 "b0_same_window": {str(k): v for k, v in same_window.items()},
                 "batch_size_buckets": {
@@ -396,6 +397,7 @@ def _pipeline(ctx: Context, tandem: Entry, module: Any, inputs_for: raw_torch.In
         "b0_rps": round(float(np.mean([r["b0_rps"] for r in rounds])), 1),
         "ratio": round(float(np.mean([r["ratio"] for r in rounds])), 4),
         "mean_batch": round(float(np.mean([r["mean_batch"] for r in rounds])), 2),
+        "batch_cap": rounds[-1]["batch_cap"],
         "rounds": rounds,
     }
 

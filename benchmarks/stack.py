@@ -141,8 +141,9 @@ class Server:
         self.processes.clear()
 
     def batch_counts(self, model: str) -> dict[str, int]:
-        """Batches, requests and rows the workers computed for ``model`` so far (summed over workers)."""
-        totals = {"batches": 0, "requests": 0, "rows": 0, "max_batch_rows": 0}
+        """Batches, requests and rows the workers computed for ``model`` so far (summed over workers), and the
+        largest batch cap a worker's load-time profile set for it (``batch_cap``, 0: none)."""
+        totals = {"batches": 0, "requests": 0, "rows": 0, "max_batch_rows": 0, "batch_cap": 0}
         for endpoint in self.endpoints:
             pong = pong_of(endpoint)
             if pong is None:
@@ -152,6 +153,7 @@ class Server:
                     for key in ("batches", "requests", "rows"):
                         totals[key] += entry["stats"][key]
                     totals["max_batch_rows"] = max(totals["max_batch_rows"], entry["stats"]["max_batch_rows"])
+                    totals["batch_cap"] = max(totals["batch_cap"], entry.get("batch_cap", 0))
         return totals
 
     def batch_histogram(self, model: str) -> dict[int, int] | None:

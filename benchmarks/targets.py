@@ -230,6 +230,10 @@ def _light(light: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def _capped(cap: int | None) -> str:
+    return f", batches capped at {cap} by the worker's profile" if cap else ""
+
+
 def _minilm(minilm: dict[str, Any]) -> list[Check]:
     group = "compute-heavy (minilm)"
     systems = minilm["systems"]
@@ -242,7 +246,7 @@ def _minilm(minilm: dict[str, Any]) -> list[Check]:
             Check(
                 group, "pipeline efficiency: Tandem / B0 on its batches", ratio, 0.95, True,
                 f"{efficiency['tandem_rps']:.1f} / {efficiency['b0_rps']:.1f} req/s "
-                f"(mean batch {efficiency['mean_batch']:.1f} rows)",
+                f"(mean batch {efficiency['mean_batch']:.1f} rows{_capped(efficiency.get('batch_cap'))})",
             )
         )  # fmt: skip
     b0 = minilm["b0"]

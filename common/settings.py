@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', or a torch device string.")
     max_batch_size: int = Field(256, ge=1, description="Most rows one batch may hold.")
+    batch_profile_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a loaded model may spend timing batches of 1, 2, 4, ... rows; its batches are then"
+        " capped where rows/s falls off (worker/batch_profile.py). 0: no profile, batches up to max_batch_size.",
+    )
     inline_compute_ms: float = Field(
         0.5,
         ge=0,

@@ -7,8 +7,9 @@ No sockets and no threads here: the server's event loop calls every method. The 
    ``asyncio.Event`` and a lone request forms a batch at once. Requests that arrive while a batch computes
    queue up, so batches grow exactly as fast as load does.
 3. ``take()`` forms one batch from one key: requests from the head of its queue, in arrival order, while the
-   batch holds at most ``max_batch_size`` rows. A request is never split and never skipped over to fit a later
-   one; a request larger than ``max_batch_size`` forms a batch alone.
+   batch holds at most ``most_rows(key)`` rows: ``max_batch_size``, or less where the key's model computes
+   fewer rows per second in larger batches (its load-time profile, ``worker/batch_profile.py``). A request is
+   never split and never skipped over to fit a later one; a request larger than that forms a batch alone.
 4. Requests whose deadline has passed when ``take()`` reaches them are split off as ``expired``: they are
    answered ``deadline_exceeded`` and never computed. Given a latency prediction ``c(rows)``, ``take()`` never
    computes a request that its batch would make late:
@@ -87,10 +88,18 @@ class Batch(Generic[T]):
 class Batcher(Generic[T]):
     """Per-model-version request queues and the batching rule above; the clock is injected for tests."""
 
-    def __init__(self, max_batch_size: int, max_queue_rows: int, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queue_rows: int,
+        clock: Clock = time.monotonic,
+        batch_cap: Callable[[ModelKey], int | None] | None = None,
+    ) -> None:
+        """``batch_cap(key)``: most rows worth batching for ``key`` (None: no cap below ``max_batch_size``)."""
         if max_batch_size < 1 or max_queue_rows < 1:
             raise ValueError("max_batch_size and max_queue_rows must be at least 1")
         self.max_batch_size = max_batch_size
+        self._batch_cap = batch_cap
         self.max_queue_rows = max_queue_rows
         self._clock = clock
         self._queues: dict[ModelKey, deque[_Entry[T]]] = {}
@@ -142,6 +151,11 @@ class Batcher(Generic[T]):
             self._arrived.clear()
             await self._arrived.wait()
 
+    def most_rows(self, key: ModelKey) -> int:
+        """Most rows a batch of ``key`` holds: ``max_batch_size``, or the key's cap where that is smaller."""
+        cap = self._batch_cap(key) if self._batch_cap is not None else None
+        return self.max_batch_size if cap is None else max(1, min(cap, self.max_batch_size))
+
     def rows_by_key(self) -> dict[ModelKey, int]:
         """Rows queued per model key (for the expected wait of a newcomer); do not modify."""
         return self._rows_by_key
@@ -165,7 +179,7 @@ class Batcher(Generic[T]):
         queue = self._queues[key]
         batch: Batch[T] = Batch(key)
         now = self._clock()
-        most_rows = self.max_batch_size
+        most_rows = self.most_rows(key)
         if predict is not None:
             most_rows = self.batch_rows_for(key, heads[key].budget, predict)
         candidates: list[_Entry[T]] = []
@@ -204,11 +218,11 @@ class Batcher(Generic[T]):
 
     def batch_rows_for(self, key: ModelKey, budget_s: float, predict: Predict) -> int:
         """Most rows a batch of ``key`` may hold for a head request with ``budget_s``: the largest size up to
-        ``max_batch_size`` predicted to compute within ``BATCH_SHARE_OF_BUDGET`` of it (at least 1;
-        ``max_batch_size`` while there is no prediction). Assumes the prediction does not fall as rows grow.
+        ``most_rows(key)`` predicted to compute within ``BATCH_SHARE_OF_BUDGET`` of it (at least 1;
+        ``most_rows(key)`` while there is no prediction). Assumes the prediction does not fall as rows grow.
         """
         limit = budget_s * BATCH_SHARE_OF_BUDGET
-        low, high = 1, self.max_batch_size
+        low, high = 1, self.most_rows(key)
         top = predict(key, high)
         if top is None or top <= limit:
             return high

@@ -15,15 +15,17 @@ version and a caller may retry.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,8 +41,13 @@ from mlflow.models import Model
 from tandem.common.datatypes import BYTES, datatype_of, numpy_dtype
 from tandem.common.drift import BadReference, find_reference
 from tandem.common.errors import BadRequest, NotFound, TandemError
+from tandem.common.wire import Tensor
+from tandem.worker import batch_profile
 from tandem.worker.runner import BF16, retire, run_batch, tensor_of, validate
 from tandem.worker.stats import BatchStats
+
+if TYPE_CHECKING:
+    from tandem.common.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,8 @@ class LoadedModel:
     stats: BatchStats = field(default_factory=BatchStats)
     drift_reference: dict[str, Any] | None = None
     """The version's training distribution (``common/drift.py``, a few KB), when it was registered with one."""
+    batch_cap: int | None = None
+    """Most rows worth batching, from the load-time profile (``worker/batch_profile.py``); None: no cap."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,6 +120,7 @@ class LoadedModel:
             "inputs": [spec.describe() for spec in self.inputs],
             "outputs": [spec.describe() for spec in self.outputs],
             "stats": self.stats.snapshot(),
+            **({"batch_cap": self.batch_cap} if self.batch_cap is not None else {}),
             **({"drift_reference": self.drift_reference} if self.drift_reference is not None else {}),
         }
 
@@ -239,8 +249,13 @@ def load_model(registry_uri: str, ref: str, device: torch.device) -> LoadedModel
         return build_model(candidate, device)
 
 
-def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
+def build_model(
+    candidate: Candidate, device: torch.device, *, max_batch_rows: int = 1, profile_s: float = 0.0
+) -> LoadedModel:
     """Deserialize a fetched version onto ``device``, warm it up on its input example and check its outputs.
+
+    Then, given ``profile_s``, profile its batches up to ``max_batch_rows`` rows for at most that long and set
+    ``batch_cap`` (``worker/batch_profile.py``).
 
     Blocking; runs on a loader thread, beside whatever model is live on ``device``. Raises ``CandidateRejected``
     for a version that cannot be served; such a version is freed before this returns.
@@ -277,11 +292,13 @@ def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
         drift_reference=reference,
     )
     del module  # ``model`` holds the only reference, so ``retire`` can free it
+    warm_up_started = time.perf_counter()
     try:
-        _warm_up(model, example)
+        tensors = _warm_up(model, example)
     except CandidateRejected:
         retire(model)  # never served: free its device memory now rather than when the traceback goes
         raise
+    _profile_batches(model, tensors, max_batch_rows, profile_s, time.perf_counter() - warm_up_started)
     log.info(
         "loaded %s version %s on %s (%d bytes) in %.2f s",
         model.name,
@@ -291,6 +308,11 @@ def build_model(candidate: Candidate, device: torch.device) -> LoadedModel:
         time.perf_counter() - started,
     )
     return model
+
+
+def model_builder(settings: WorkerSettings) -> Callable[[Candidate, torch.device], LoadedModel]:
+    """``build_model`` with the settings' batch profile."""
+    return functools.partial(build_model, max_batch_rows=settings.max_batch_size, profile_s=settings.batch_profile_s)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -391,8 +413,8 @@ def _example_arrays(model: LoadedModel, example: Any) -> list[np.ndarray]:
     return arrays
 
 
-def _warm_up(model: LoadedModel, example: Any) -> None:
-    """Run one batch through the serving path and check the outputs against the signature."""
+def _warm_up(model: LoadedModel, example: Any) -> list[Tensor]:
+    """Run one batch through the serving path and check the outputs against the signature; returns its inputs."""
     tensors = [
         tensor_of(spec.name, spec.datatype, array)
         for spec, array in zip(model.inputs, _example_arrays(model, example), strict=True)
@@ -418,6 +440,29 @@ def _warm_up(model: LoadedModel, example: Any) -> None:
             )
         if not _finite(tensor.datatype, np.frombuffer(tensor.data, dtype=numpy_dtype(tensor.datatype))):
             raise CandidateRejected(f"output {spec.name!r} is not finite on the warm-up input")
+    return tensors
+
+
+def _profile_batches(
+    model: LoadedModel, example: list[Tensor], max_rows: int, budget_s: float, warm_up_s: float
+) -> None:
+    """Time batches made of the warm-up rows repeated, and cap ``model``'s batches where rows/s falls off."""
+    arrays = [tensor.to_numpy() for tensor in example]
+
+    def run(rows: int) -> None:
+        tiled = [np.resize(array, (rows, *array.shape[1:])) for array in arrays]  # repeats the example's rows
+        run_batch(model, [[tensor_of(t.name, t.datatype, a) for t, a in zip(example, tiled, strict=True)]])
+
+    seconds = batch_profile.profile(run, max_rows, budget_s, warm_up_s)
+    model.batch_cap = batch_profile.efficient_rows(seconds)
+    if seconds:
+        log.info(
+            "%s/%s rows/s by batch size: %s; %s",
+            model.name,
+            model.version,
+            ", ".join(f"{rows}: {rows / secs:.0f}" for rows, secs in seconds.items()),
+            f"batches capped at {model.batch_cap} rows" if model.batch_cap else "no cap",
+        )
 
 
 def _finite(datatype: str, values: np.ndarray) -> bool:

@@ -70,7 +70,7 @@ from tandem.worker import metrics
 from tandem.worker.batcher import Batch, Batcher, Clock, ModelKey
 from tandem.worker.discovery import register_forever
 from tandem.worker.latency import BatchLatencyModel
-from tandem.worker.loader import LoadedModel, ModelRef, ModelSource, build_model, resolve_device
+from tandem.worker.loader import LoadedModel, ModelRef, ModelSource, model_builder, resolve_device
 from tandem.worker.registry import LifecycleCounters
 from tandem.worker.runner import retire, run_batch, select_outputs, validate
 from tandem.worker.slots import ModelSlots
@@ -135,7 +135,9 @@ class WorkerServer:
         self.endpoint = ""
         """The bound endpoint, with the real port when ``settings.bind`` asked for port 0."""
         self._clock = clock
-        self._batcher: Batcher[_Job] = Batcher(settings.max_batch_size, settings.max_queue_rows, clock)
+        self._batcher: Batcher[_Job] = Batcher(
+            settings.max_batch_size, settings.max_queue_rows, clock, batch_cap=self._batch_cap
+        )
         self._inflight = 0  # admitted and not yet answered: queued or computing (the pong's ``f``)
         self._running: list[_Job] = []
         self._latency = BatchLatencyModel()
@@ -176,7 +178,7 @@ class WorkerServer:
             with await asyncio.to_thread(source.fetch, parsed) as candidate:
                 model = self.slots.get(candidate.name, candidate.version)
                 if model is None:
-                    model = await asyncio.to_thread(build_model, candidate, self.device)
+                    model = await asyncio.to_thread(model_builder(self.settings), candidate, self.device)
             self.slots.add(model, parsed.alias)
         self.ready = True
         self._watch_registry()
@@ -335,7 +337,7 @@ class WorkerServer:
         With a ``newcomer`` (its key and rows) queued last, that is when the newcomer is answered: its batch
         is counted as full, since under load the requests that arrive before it runs fill it. With
         ``budget_s``, rows run in batches of the size a request with that budget gets
-        (``Batcher.batch_rows_for``); without, in batches of ``max_batch_size``. None while a model's batch
+        (``Batcher.batch_rows_for``); without, in the largest batches its model takes. None while a model's batch
         times are still unknown.
         """
         wait = max(0.0, self._running_until - now) if self._running else 0.0
@@ -343,7 +345,7 @@ class WorkerServer:
         if newcomer is not None:
             queued[newcomer[0]] = queued.get(newcomer[0], 0) + newcomer[1]
         for key, rows in queued.items():
-            size = self.settings.max_batch_size
+            size = self._batcher.most_rows(key)
             if budget_s is not None:
                 size = self._batcher.batch_rows_for(key, budget_s, self._latency.predict)
             full, rest = divmod(rows, size)
@@ -356,6 +358,10 @@ class WorkerServer:
                         return None
                     wait += count * predicted
         return wait
+
+    def _batch_cap(self, key: ModelKey) -> int | None:
+        model = self.slots.get(*key)
+        return model.batch_cap if model is not None else None
 
     def _shed_if_late(self, key: ModelKey, rows: int, now: float, deadline: float) -> None:
         """Refuse at once (``overloaded``) a request predicted to miss its deadline, instead of queueing it."""

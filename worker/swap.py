@@ -39,6 +39,7 @@ from tandem.worker.loader import (
     ModelSource,
     available_bytes,
     build_model,
+    model_builder,
 )
 from tandem.worker.registry import LifecycleCounters, LiveVersions, RegistryPoller
 from tandem.worker.slots import ModelSlots
@@ -217,6 +218,7 @@ def registry_watcher(
         mode=settings.swap_mode,
         headroom_ratio=settings.swap_headroom_ratio,
         drain_s=settings.swap_drain_s,
+        build=model_builder(settings),
     )
     return RegistryPoller(
         refs,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from tandem.common.errors import NotFound
-from tandem.worker.loader import CandidateRejected, ModelRef, load_model
+from tandem.worker.loader import CandidateRejected, ModelRef, ModelSource, build_model, load_model
 from tests.support.registry import TinyModel, register_model, tensor_signature
 
 CPU = torch.device("cpu")
@@ -23,6 +25,15 @@ class Scaled(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x[:, : self.width] * self.factor).to(self.dtype)
+
+
+class PastTheCaches(torch.nn.Module):
+    """Sleeps 1 ms a call plus 0.2 ms a row up to 8 rows, and 3 ms a row past 8: slower per row past 8 rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        time.sleep(0.001 + 0.0002 * min(rows, 8) + 0.003 * max(0, rows - 8))
+        return x[:, :2]
 
 
 class Broken(torch.nn.Module):
@@ -89,3 +100,16 @@ def test_unservable_versions_are_rejected(
     register(tiny_model, name, module, **options)  # type: ignore[arg-type]
     with pytest.raises(CandidateRejected, match=reason):
         load_model(tiny_model.registry.uri, f"{name}@champion", CPU)
+
+
+def test_a_model_slower_per_row_past_a_batch_size_is_capped_there_by_its_load_time_profile(
+    tiny_model: TinyModel,
+) -> None:
+    register(tiny_model, "knee", PastTheCaches())
+    with ModelSource(tiny_model.registry.uri).fetch("knee@champion") as candidate:
+        profiled = build_model(candidate, CPU, max_batch_rows=256, profile_s=1.0)
+        unprofiled = build_model(candidate, CPU, max_batch_rows=256)
+    assert profiled.batch_cap == 8
+    assert profiled.describe()["batch_cap"] == 8
+    assert unprofiled.batch_cap is None
+    assert "batch_cap" not in unprofiled.describe()

@@ -87,7 +87,12 @@ def request(request_id: str, value: float, rows: int = 1, budget_ms: float = BUD
 
 
 def run_with_server(
-    tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], *, ready: bool = True, **settings_values: float
+    tmp_path: Path,
+    scenario: Callable[[Harness], Awaitable[None]],
+    *,
+    ready: bool = True,
+    batch_cap: int | None = None,
+    **settings_values: float,
 ) -> None:
     gate, clock = Gate(), FakeClock()
     model = LoadedModel(
@@ -99,6 +104,7 @@ def run_with_server(
         inputs=[TensorSignature("x", "FP32", (-1, 2))],
         outputs=[TensorSignature("y", "FP32", (-1, 2))],
         nbytes=0,
+        batch_cap=batch_cap,
     )
     slots = ModelSlots()
     slots.add(model, "live")
@@ -174,6 +180,22 @@ def test_arrivals_during_a_batch_form_the_next_batch_and_cancel_drops_one(tmp_pa
         assert h.server.stats.histogram == {1: 1, 6: 1}
 
     run_with_server(tmp_path, scenario)
+
+
+def test_a_models_batch_cap_from_its_profile_bounds_the_batches_it_forms(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        await h.send(request("first", 1.0))
+        await h.batch_is_computing()
+        for index in range(5):
+            await h.send(request(f"queued{index}", 2.0))
+        pong = await h.sync()
+        assert pong.models[0]["batch_cap"] == 2
+        h.gate.opened.set()
+        for _ in range(6):
+            assert isinstance(await h.recv(), Reply)
+        assert h.server.stats.histogram == {1: 2, 2: 2}  # five queued rows run as 2 + 2 + 1, not as one batch
+
+    run_with_server(tmp_path, scenario, batch_cap=2)
 
 
 def test_deadline_passing_in_the_queue_is_answered_without_computing(tmp_path: Path) -> None:

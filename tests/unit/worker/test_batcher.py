@@ -96,6 +96,22 @@ def test_full_batches_of_single_rows() -> None:
     assert sizes == [4, 4, 2]
 
 
+def test_a_models_batch_cap_bounds_its_batches_below_max_batch_size() -> None:
+    caps = {A: 3, B: None}
+    batcher: Batcher[str] = Batcher(8, 64, FakeClock(), batch_cap=caps.get)
+    assert (batcher.most_rows(A), batcher.most_rows(B)) == (3, 8)
+    for index in range(7):
+        offer(batcher, f"a{index}")
+    sizes = []
+    while (batch := batcher.take()) is not None:
+        sizes.append(batch.rows)
+    assert sizes == [3, 3, 1]
+    # The budget rule works within the cap.
+    assert batcher.batch_rows_for(A, 10.0, lambda key, rows: 0.01 * rows) == 3
+    assert batcher.batch_rows_for(A, 0.075, lambda key, rows: 0.01 * rows) == 2
+    assert Batcher(2, 64, batch_cap=lambda key: 5).most_rows(A) == 2  # never past max_batch_size
+
+
 def test_oversize_request_runs_alone_and_unsplit() -> None:
     batcher, _ = make(max_batch_size=4, max_queue_rows=64)
     offer(batcher, "small", rows=1)
