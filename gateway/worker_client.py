@@ -17,7 +17,10 @@ the request, and its requests may hedge on the budget's reserve. A worker that i
 so overload alone never marks one stalled.
 The first good answer wins; the other attempt is cancelled (a ``cancel`` message lets its worker drop it if still
 queued) and its late reply is dropped by the pending table. An attempt lost with its worker is retried on another
-worker while the deadline allows; the caller gets exactly one answer.
+worker while the deadline allows; the caller gets exactly one answer. A worker's ``overloaded`` refusal is retried
+only on a worker with no more of this gateway's requests outstanding than the refusing one has left: under
+overload every worker is as busy, and a retry would only double each refusal's cost and latency (the SRE book's
+"retry amplification"); routing already chose the less loaded worker.
 """
 
 from __future__ import annotations
@@ -324,6 +327,11 @@ class WorkerPool:
         """True when ``link`` holds work and has shown no progress for longer than ``after_s``."""
         return now - link.progress_at > after_s and self._busy(link)
 
+    def _may_retry_overloaded(self, request: InferRequest, refused: WorkerLink, tried: set[WorkerLink]) -> bool:
+        """True when another worker could take a request ``refused`` was too busy for (module docstring)."""
+        other = self.pick(request.model, request.version, tried)
+        return other is not None and self._load(other) <= self._load(refused)
+
     def _hedge_target(self, request: InferRequest, busy: set[WorkerLink]) -> WorkerLink | None:
         """Another worker for a hedge, only if it is idle enough: hedging into a busy worker only adds load."""
         link = self.pick(request.model, request.version, busy)
@@ -385,7 +393,7 @@ class WorkerPool:
                     reply = future.result()
                     others = tried | {link} | {other.link for other in attempts.values()}
                     if reply.status == Overloaded.code and (
-                        attempts or self.pick(request.model, request.version, others)
+                        attempts or self._may_retry_overloaded(request, link, others)
                     ):
                         tried.add(link)
                         self.retries += 1

@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from tandem.common import wire
-from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound
+from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
 from tandem.common.send_queue import SendQueue
 from tandem.gateway.deadlines import Deadline
 from tandem.gateway.hedging import HedgePolicy
@@ -53,6 +53,9 @@ class ScriptedWorker:
                 await self.socket.send_multipart([identity, *wire.encode(pong)])
             elif isinstance(message, wire.InferRequest) and self.behaviour == "echo":
                 await self.answer(identity, message)
+            elif isinstance(message, wire.InferRequest) and self.behaviour == "overloaded":
+                refusal = wire.Reply(message.request_id, Overloaded.code, message.model, "1", [], "too busy")
+                await self.socket.send_multipart([identity, *wire.encode(refusal)])
             elif isinstance(message, wire.InferRequest) and self.behaviour == "slow":
                 asyncio.get_running_loop().call_later(
                     self.delay_s, lambda i=identity, m=message: asyncio.ensure_future(self.answer(i, m))
@@ -157,6 +160,31 @@ async def test_a_dead_worker_fails_over_to_the_other_one() -> None:
         await silent.kill()
         replies = await asyncio.gather(*outstanding)
         assert all(r.ok for r in replies)
+
+
+async def test_an_overloaded_refusal_is_retried_on_a_worker_no_busier() -> None:
+    busy, idle = started("overloaded", "echo")
+    async with pool_of(busy, idle) as pool:
+        await wait_for(lambda: all(link.alive for link in pool.links))
+        replies = [await pool.infer(request(), Deadline(2000)) for _ in range(8)]
+        assert all(r.ok for r in replies)
+        assert any(isinstance(m, wire.InferRequest) for m in busy.received)  # some went there first, and were retried
+
+
+async def test_an_overloaded_refusal_is_not_retried_on_a_worker_holding_more_requests() -> None:
+    slow, refusing = started("slow", "overloaded")
+    slow.delay_s = 2.0
+    async with pool_of(slow) as pool:
+        held = [asyncio.create_task(pool.infer(request(), Deadline(5000))) for _ in range(3)]
+        await wait_for(lambda: sum(isinstance(m, wire.InferRequest) for m in slow.received) == 3)
+        pool.add_endpoint(refusing.endpoint)  # joins idle, so routing sends the next request to it
+        await wait_for(lambda: len(pool.links) == 2 and all(link.alive and link.ready for link in pool.links))
+        refused = await pool.infer(request(), Deadline(5000))  # at once, not queued behind the slow worker
+        assert refused.status == Overloaded.code
+        assert sum(isinstance(m, wire.InferRequest) for m in refusing.received) == 1
+        assert sum(isinstance(m, wire.InferRequest) for m in slow.received) == 3
+        assert all(r.ok for r in await asyncio.gather(*held))
+        await refusing.kill()
 
 
 async def test_no_live_worker_is_model_unavailable_at_once() -> None:
