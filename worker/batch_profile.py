@@ -6,9 +6,9 @@ activations outgrow the caches, each row costs more. all-MiniLM-L6-v2 on one thr
 ``max_batch_size`` served fewer rows per second than smaller batches would have (Tandem at 64 closed-loop
 clients, five interleaved rounds: 96.7 req/s on average with no cap, 104.4 with batches capped at 16).
 Clockwork (OSDI '20) profiles every batch size when it loads a model; this does the same within a time budget
-and caps the model's batches at the largest profiled size whose rows/s is within ``TOLERANCE`` of the best. A
-model still gaining at the largest size profiled (a GPU, the sleeping model, a light model whose cost is per
-call) gets no cap.
+and, where the largest size profiled fell ``FALL_OFF`` below the best rows/s, caps the model's batches at the
+largest size within ``TOLERANCE`` of the best. A model still gaining at the largest size profiled (a GPU, the
+sleeping model, a light model whose cost is per call) gets no cap.
 
 Each size runs ``CALLS_PER_SIZE`` times, in passes over all sizes, and its fastest call counts: another tenant can
 only slow a call down, and on a shared machine it does so in spells of seconds (so no size is judged on a first
@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 
 CALLS_PER_SIZE = 3
 TOLERANCE = 0.05
-"""A size within this share of the best rows/s counts as good as the best (the spread between rounds here)."""
+"""A size within this share of the best rows/s counts as good as the best."""
+FALL_OFF = 0.10
+"""A cap is set only when the largest size profiled is at least this share below the best: smaller falls were
+within what a slow spell does to a profile here (a profile taken while another worker loaded fell 9% from 4 to
+16 rows; the same model's 16 and 32 compute alike)."""
 _GROWTH = 2  # each size twice the last, its call predicted to take twice as long
 
 
@@ -70,18 +74,16 @@ def profile(
 
 
 def efficient_rows(seconds: Mapping[int, float]) -> int | None:
-    """The largest profiled size within ``TOLERANCE`` of the best rows/s, when a larger size fell clearly below it.
-
-    None (no cap) when the largest size profiled is itself within the tolerance: the model may gain beyond it.
+    """The largest profiled size within ``TOLERANCE`` of the best rows/s, when the largest size profiled fell at
+    least ``FALL_OFF`` below the best; None (no cap) otherwise: the model may still gain past what was profiled.
     """
-    if not seconds:
-        return None
     rates = {size: size / secs for size, secs in seconds.items() if secs > 0}
     if not rates:
         return None
     best = max(rates.values())
-    good = max(size for size, rate in rates.items() if rate >= best * (1 - TOLERANCE))
-    return None if good == max(rates) else good
+    if rates[max(rates)] > best * (1 - FALL_OFF):
+        return None
+    return max(size for size, rate in rates.items() if rate >= best * (1 - TOLERANCE))
 
 
 def _timed(run: Callable[[int], None], rows: int, clock: Callable[[], float]) -> float:

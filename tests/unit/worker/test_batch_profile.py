@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tandem.worker.batch_profile import CALLS_PER_SIZE, TOLERANCE, efficient_rows, profile
+from tandem.worker.batch_profile import CALLS_PER_SIZE, FALL_OFF, TOLERANCE, efficient_rows, profile
 
 
 class SimulatedModel:
@@ -103,11 +103,12 @@ def test_a_failing_size_ends_the_profile_and_keeps_the_sizes_before_it() -> None
         ({1: 50, 8: 100, 16: 110, 32: 90, 64: 80}, 16),
         ({1: 50, 8: 100, 16: 110, 32: 112}, None),  # the largest is the best
         ({1: 50, 8: 100, 16: 110, 32: 110 * (1 - TOLERANCE / 2)}, None),  # level at the largest
+        ({1: 50, 4: 100, 8: 97, 16: 100 * (1 - FALL_OFF / 2)}, None),  # a fall a slow spell could explain
         ({1: 50}, None),
         ({}, None),
     ],
 )
-def test_the_cap_is_the_largest_size_near_the_best_when_a_larger_one_fell_off(
+def test_the_cap_is_the_largest_size_near_the_best_when_the_largest_fell_clearly_below_it(
     rows_per_s: dict[int, float], cap: int | None
 ) -> None:
     seconds = {rows: rows / rate for rows, rate in rows_per_s.items()}
