@@ -86,14 +86,19 @@ def test_batch_respects_max_batch_size_in_arrival_order() -> None:
     assert batches == [(["three"], 3), (["two", "one"], 3)]
 
 
+def batch_rows_taken(batcher: Batcher[str]) -> list[int]:
+    """Take every batch; their rows, in order."""
+    sizes = []
+    while (batch := batcher.take()) is not None:
+        sizes.append(batch.rows)
+    return sizes
+
+
 def test_full_batches_of_single_rows() -> None:
     batcher, _ = make(max_batch_size=4)
     for index in range(10):
         offer(batcher, f"r{index}")
-    sizes = []
-    while (batch := batcher.take()) is not None:
-        sizes.append(batch.rows)
-    assert sizes == [4, 4, 2]
+    assert batch_rows_taken(batcher) == [4, 4, 2]
 
 
 def test_a_models_batch_cap_bounds_its_batches_below_max_batch_size() -> None:
@@ -102,10 +107,7 @@ def test_a_models_batch_cap_bounds_its_batches_below_max_batch_size() -> None:
     assert (batcher.most_rows(A), batcher.most_rows(B)) == (3, 8)
     for index in range(7):
         offer(batcher, f"a{index}")
-    sizes = []
-    while (batch := batcher.take()) is not None:
-        sizes.append(batch.rows)
-    assert sizes == [3, 3, 1]
+    assert batch_rows_taken(batcher) == [3, 3, 1]
     # The budget rule works within the cap.
     assert batcher.batch_rows_for(A, 10.0, lambda key, rows: 0.01 * rows) == 3
     assert batcher.batch_rows_for(A, 0.075, lambda key, rows: 0.01 * rows) == 2
