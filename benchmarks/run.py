@@ -489,6 +489,13 @@ def print_checks(checks: list[Check]) -> None:
     print(f"\n{passed} of {len(checks)} targets met")
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (all of the machine's where the platform cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases and fewer points (about 5 minutes)")
@@ -497,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-processes", type=int, default=1, help="Tandem gateway processes on its port")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every process")
     parser.add_argument(
-        "--minilm-workers", type=int, default=len(os.sched_getaffinity(0)),
+        "--minilm-workers", type=int, default=_usable_cores(),
         help="Tandem workers for MiniLM (default: one per core, as B1's thread pool computes on every core)",
     )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and PNG files go")
