@@ -449,9 +449,14 @@ def _profile_batches(
     """Time batches made of the warm-up rows repeated, and cap ``model``'s batches where rows/s falls off."""
     arrays = [tensor.to_numpy() for tensor in example]
 
-    def run(rows: int) -> None:
+    @functools.cache
+    def batch_of(rows: int) -> list[Tensor]:
+        # Built once a size: each size runs in every pass, and its fastest call should time the model alone.
         tiled = [np.resize(array, (rows, *array.shape[1:])) for array in arrays]  # repeats the example's rows
-        run_batch(model, [[tensor_of(t.name, t.datatype, a) for t, a in zip(example, tiled, strict=True)]])
+        return [tensor_of(t.name, t.datatype, a) for t, a in zip(example, tiled, strict=True)]
+
+    def run(rows: int) -> None:
+        run_batch(model, [batch_of(rows)])
 
     seconds = batch_profile.profile(run, max_rows, budget_s, warm_up_s)
     model.batch_cap = batch_profile.efficient_rows(seconds)
