@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import plots
+from benchmarks import plots, queueing
 from benchmarks.baselines import raw_torch
 from benchmarks.loadgen import recommendation_body, v2_body
 from benchmarks.measure import Durations, Entry, Workload, at_rate, bisect_sustainable, closed, compare, paired_rate
@@ -322,6 +322,7 @@ def minilm(ctx: Context) -> dict[str, Any]:
     import torch
 
     from benchmarks.baselines.naive import load
+    from tandem.common.settings import WorkerSettings
     from tandem.demo.minilm import example_batch
 
     torch.set_num_threads(ctx.torch_threads)
@@ -360,6 +361,7 @@ def minilm(ctx: Context) -> dict[str, Any]:
         print("  pipeline efficiency (Tandem with 1 worker saturated, then B0 on its batches) ...", flush=True)
         pipeline = _pipeline(ctx, single, module, inputs_for)
         systems = _judged_phases(ctx, entries, main, naive)
+        batch_cap = tandem.batch_counts(workload.model)["batch_cap"]
         b1.stop()
         # Each peer runs one model worker, as B0 runs one thread: they are compared with one Tandem worker.
         systems.update(_peer_window(ctx, fleet, single, module, label=f"{ONE_WORKER_TANDEM} (peer window)"))
@@ -380,9 +382,21 @@ def minilm(ctx: Context) -> dict[str, Any]:
         "deadline_ms": MINILM_DEADLINE_MS,
         "workers": workers,
         "b0": b0,
+        "ideal_tail": _ideal_tail(systems["tandem"], table, workers, batch_cap or WorkerSettings().max_batch_size),
         "pipeline": pipeline,
         "systems": systems,
     }
+
+
+def _ideal_tail(
+    tandem: dict[str, Any], b0_table: dict[int, dict[str, float]], workers: int, max_rows: int
+) -> dict[str, float] | None:
+    """The tail a dynamic batcher with no overhead would show at Tandem's 70% load point, with B0's call times."""
+    point = next((p for p in tandem.get("sweep", []) if p["fraction"] == TAIL_FRACTION), None)
+    if point is None:
+        return None
+    call_s = queueing.call_time_from_table(b0_table)
+    return queueing.ideal_tail(point["offered_rps"], call_s, workers=workers, max_rows=max_rows)
 
 
 def _pipeline(ctx: Context, tandem: Entry, module: Any, inputs_for: raw_torch.InputsFor) -> dict[str, Any]:
