@@ -107,14 +107,6 @@ class _Job:
     received_ns: int = 0  # wall clock, for trace spans
 
 
-@dataclass(slots=True)
-class _Computed:
-    """A batch whose outputs are ready and whose requests are not yet answered."""
-
-    batch: Batch[_Job]
-    outputs: list[list[Tensor]]
-
-
 class WorkerServer:
     """Serves the configured models on ``settings.bind``. See the module docstring for the threads.
 
@@ -281,24 +273,18 @@ class WorkerServer:
             self._send(identity, _error_reply(request, exc))
 
     async def _batch_loop(self) -> None:
-        """Form and compute one batch per turn; a computed batch is answered while the next one computes.
-
-        Answering a batch is loop work (~50 us a reply in a saturated MiniLM worker, ~2.5 ms a batch of 45):
-        done before the next batch started, it left the inference thread idle about 1% of the time. With
-        nothing queued there is nothing to overlap, and the replies go at once.
-        """
         loop = asyncio.get_running_loop()
-        computed: _Computed | None = None
+        replies = self._replies
+        assert replies is not None  # start() makes it before it starts this loop
         while True:
-            if computed is not None and not len(self._batcher):
-                self._answer_batch(computed)
-                computed = None
             await self._batcher.wait()
             batch = self._batcher.take(self._latency.predict)
             if batch is None:
                 continue
             try:
-                self._answer_expired(batch)
+                with replies.held():
+                    for job in batch.expired:
+                        self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
                 if not batch.items:
                     continue
                 self._running = batch.items
@@ -310,50 +296,26 @@ class WorkerServer:
                 self._running_until = started + (predicted_s or 0.0)
                 if predicted_s is not None and predicted_s < self._inline_compute_s:
                     # Shorter than a hand-off to the inference thread and back.
-                    self._answer_batch(computed)
-                    computed = None
                     outputs, computed_s = self._timed_run_batch(model, inputs)
                 else:
-                    running = loop.run_in_executor(self._executor, self._timed_run_batch, model, inputs)
-                    self._answer_batch(computed)
-                    computed = None
-                    outputs, computed_s = await running
+                    outputs, computed_s = await loop.run_in_executor(
+                        self._executor, self._timed_run_batch, model, inputs
+                    )
                 self._latency.observe(batch.key, batch.rows, computed_s)
                 self._record_batch(model, batch, started, computed_s)
                 trace_batch(model, batch.items, started_ns, time.time_ns())
-                computed = _Computed(batch, outputs)
+                with replies.held():  # a batch's replies go back to back (common/send_queue.py)
+                    for job, tensors in zip(batch.items, outputs, strict=True):
+                        self._answer(job, tensors)
             except Exception as exc:
-                self._fail_batch(batch, exc)
+                log.exception("batch of %d requests for %s failed", len(batch.items), batch.key)
+                error = exc if isinstance(exc, TandemError) else InternalError()
+                with replies.held():
+                    for job in [*batch.expired, *batch.items]:
+                        if not job.answered:
+                            self._answer_error(job, error)
             finally:
                 self._running = []
-
-    def _answer_expired(self, batch: Batch[_Job]) -> None:
-        assert self._replies is not None  # start() makes it before it starts the batch loop
-        with self._replies.held():
-            for job in batch.expired:
-                self._answer_error(job, DeadlineExceeded("deadline passed while the request was queued"))
-
-    def _answer_batch(self, computed: _Computed | None) -> None:
-        """Answer a computed batch's requests (if any), back to back (``common/send_queue.py``)."""
-        if computed is None:
-            return
-        assert self._replies is not None
-        try:
-            with self._replies.held():
-                for job, tensors in zip(computed.batch.items, computed.outputs, strict=True):
-                    self._answer(job, tensors)
-        except Exception as exc:
-            self._fail_batch(computed.batch, exc)
-
-    def _fail_batch(self, batch: Batch[_Job], exc: Exception) -> None:
-        """Answer every request of ``batch`` not yet answered with the error that stopped it."""
-        log.exception("batch of %d requests for %s failed", len(batch.items), batch.key, exc_info=exc)
-        error = exc if isinstance(exc, TandemError) else InternalError()
-        assert self._replies is not None
-        with self._replies.held():
-            for job in [*batch.expired, *batch.items]:
-                if not job.answered:
-                    self._answer_error(job, error)
 
     def _timed_run_batch(self, model: LoadedModel, inputs: list[list[Tensor]]) -> tuple[list[list[Tensor]], float]:
         """``run_batch``, and the seconds it took on the thread that ran it.

@@ -182,36 +182,6 @@ def test_arrivals_during_a_batch_form_the_next_batch_and_cancel_drops_one(tmp_pa
     run_with_server(tmp_path, scenario)
 
 
-def test_a_computed_batch_is_answered_once_the_next_batch_is_handed_to_the_inference_thread(tmp_path: Path) -> None:
-    async def scenario(h: Harness) -> None:
-        events: list[str] = []
-        submit, send = h.server._executor.submit, h.server._send
-
-        def logged_submit(*args: object) -> object:
-            events.append("batch handed off")
-            return submit(*args)
-
-        def logged_send(identity: bytes, message: Reply | Pong) -> None:
-            if isinstance(message, Reply):
-                events.append(f"{message.request_id} answered")
-            send(identity, message)
-
-        h.server._executor.submit = logged_submit  # type: ignore[method-assign]
-        h.server._send = logged_send  # type: ignore[method-assign]
-        await h.send(request("first", 1.0))
-        await h.batch_is_computing()
-        await h.send(request("second", 2.0))
-        await h.sync()  # "second" is queued
-        h.gate.opened.set()
-        for _ in range(2):
-            assert isinstance(await h.recv(), Reply)
-        # The second batch starts computing before the first one's replies are encoded and sent; with nothing
-        # queued behind it, the second one's go at once.
-        assert events == ["batch handed off", "batch handed off", "first answered", "second answered"]
-
-    run_with_server(tmp_path, scenario)
-
-
 def test_a_models_batch_cap_from_its_profile_bounds_the_batches_it_forms(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         await h.send(request("first", 1.0))
