@@ -153,11 +153,8 @@ class GatewaySettings(BaseSettings):
         16, ge=0, description="A hedge goes only to a worker with at most this many rows queued."
     )
     max_inflight: int = Field(4096, ge=1, description="Requests one gateway process holds at once; past it 503.")
-    # A tenth, not a quarter: while the loop is CPU-bound, what it holds in flight sets how long each of its
-    # iterations runs, and a refusal waits for the iteration before it. Ranker at 2x load, 100 ms deadline,
-    # four interleaved rounds: same goodput, 503 p99 17-22 -> 7-15 ms, 200s p50 30 -> 11 ms.
     shed_lag_share: float = Field(
-        0.1,
+        0.25,
         ge=0,
         le=1,
         description="Refuse a POST (503) while requests wait in the gateway's own queue for more than this share"

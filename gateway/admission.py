@@ -66,7 +66,7 @@ class Admission:
         max_inflight: int,
         *,
         lag: LoopLag | None = None,
-        lag_share: float = 0.1,
+        lag_share: float = 0.25,
         lag_floor_s: float = 0.005,
         default_budget_ms: float = 1000.0,
         max_budget_ms: float = 30_000.0,
