@@ -227,14 +227,24 @@ def _sustainable(ctx: Context, entry: Entry, figures: dict[str, dict[str, Any]])
 
 
 def _overload(ctx: Context, entry: Entry, figures: dict[str, dict[str, Any]]) -> None:
-    """Open loop at twice the max sustainable load, each request carrying the workload's deadline."""
+    """Open loop at twice the max sustainable load, each request carrying the workload's deadline.
+
+    ``rounds`` runs; ``overload`` is the one with the best goodput, as saturated throughput is the best closed-loop
+    run and peak goodput the best open-loop point: on this shared machine one configuration's goodput at 2x the
+    ranker's load ranged 1,590-3,584 req/s over ten runs, and a single run set the verdict.
+    """
     figure = figures[entry.label]
     # No rate met the deadline at p99 (a system that cannot serve its own SLO): overload from the closed-loop peak.
     sustainable = figure["sustainable"]["rps"] or figure["saturation"]["max_rps"]
-    figure["overload"] = at_rate(
-        entry.server, entry.workload, OVERLOAD_FACTOR * sustainable, ctx.durations.overload_s,
-        timeout_ms=entry.workload.deadline_ms, seed=9,
-    )  # fmt: skip
+    runs = [
+        at_rate(
+            entry.server, entry.workload, OVERLOAD_FACTOR * sustainable, ctx.durations.overload_s,
+            timeout_ms=entry.workload.deadline_ms, seed=9 + round_index,
+        )
+        for round_index in range(ctx.rounds)
+    ]  # fmt: skip
+    figure["overload"] = max(runs, key=lambda run: run["goodput_rps"])
+    figure["overload_runs"] = runs
 
 
 def _judged_phases(ctx: Context, entries: list[Entry], tandem: Entry, b1: Entry) -> dict[str, dict[str, Any]]:
