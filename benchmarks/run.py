@@ -43,7 +43,7 @@ from benchmarks.loadgen import recommendation_body, v2_body
 from benchmarks.measure import Durations, Entry, Workload, at_rate, bisect_sustainable, closed, compare, paired_rate
 from benchmarks.peers import PEERS, Peer, export_model, start_peer
 from benchmarks.stack import SCALING_MAX_BATCH, SCALING_SLEEPER_ALIAS, BenchHome, Server, start_baseline, start_tandem
-from benchmarks.targets import Check, evaluate, table
+from benchmarks.targets import TAIL_FRACTION, Check, evaluate, table, tail_point
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent / "README.md"
@@ -52,7 +52,6 @@ README_END = "<!-- results:end -->"
 SCENARIOS = ("light", "minilm", "scaling")
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.1)
 QUICK_FRACTIONS = (0.1, 0.5, 0.7, 1.1)
-TAIL_FRACTION = 0.7
 LOW_LOAD_FRACTION = 0.1
 OVERLOAD_FACTOR = 2.0
 SUSTAINABLE_STEPS = 3
@@ -402,7 +401,7 @@ def _ideal_tail(
     tandem: dict[str, Any], b0_table: dict[int, dict[str, float]], workers: int, max_rows: int
 ) -> dict[str, float] | None:
     """The tail a dynamic batcher with no overhead would show at Tandem's 70% load point, with B0's call times."""
-    point = next((p for p in tandem.get("sweep", []) if p["fraction"] == TAIL_FRACTION), None)
+    point = tail_point(tandem)
     if point is None:
         return None
     call_s = queueing.call_time_from_table(b0_table)

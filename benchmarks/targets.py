@@ -15,6 +15,8 @@ import numpy as np
 
 MOSEC_OVER_B1 = 3.3
 """The moonshot's stand-in for Mosec's saturated throughput when Mosec was not measured (its ratio to B1 on 2 cores)."""
+TAIL_FRACTION = 0.7
+"""The tail targets' load: this share of the system's max (closed-loop) throughput."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ def _no_regret(group: str, label: str, tandem: dict[str, Any], b1: dict[str, Any
         Check(group, f"no regret, {label}: p50 Tandem/B1", _div(t50, b50), 1.15, False, f"{t50:.3f} / {b50:.3f} ms"),
         Check(group, f"no regret, {label}: p99 Tandem/B1", _div(t99, b99), 1.25, False, f"{t99:.3f} / {b99:.3f} ms"),
     ]
+
+
+def tail_point(system: dict[str, Any]) -> dict[str, Any] | None:
+    """A system's open-loop sweep point at ``TAIL_FRACTION`` of its max throughput, the tail targets' load."""
+    return next((p for p in system.get("sweep", []) if p["fraction"] == TAIL_FRACTION), None)
 
 
 def _tail(group: str, point: dict[str, Any], ideal: dict[str, Any] | None = None) -> list[Check]:
@@ -234,7 +241,7 @@ def _light(light: dict[str, Any]) -> list[Check]:
                 f"{t50:.3f} - {b50:.3f} ms",
             )
         )
-    tail = next((p for p in tandem.get("sweep", []) if p["fraction"] == 0.7), None)
+    tail = tail_point(tandem)
     if tail:
         checks += _tail(group, tail)
     checks += _overload(group, tandem)
@@ -282,7 +289,7 @@ def _minilm(minilm: dict[str, Any]) -> list[Check]:
             checks += _no_regret(
                 group, f"{tandem['low_load']['offered_rps']:.0f} req/s", tandem["low_load"], b1["low_load"]
             )
-    tail = next((p for p in tandem.get("sweep", []) if p["fraction"] == 0.7), None)
+    tail = tail_point(tandem)
     if tail:
         checks += _tail(group, tail, minilm.get("ideal_tail"))
     checks += _overload(group, tandem)
