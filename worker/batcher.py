@@ -179,9 +179,8 @@ class Batcher(Generic[T]):
         queue = self._queues[key]
         batch: Batch[T] = Batch(key)
         now = self._clock()
-        most_rows = self.most_rows(key)
-        if predict is not None:
-            most_rows = self.batch_rows_for(key, heads[key].budget, predict)
+        # batch_rows_for never exceeds most_rows(key)
+        most_rows = self.most_rows(key) if predict is None else self.batch_rows_for(key, heads[key].budget, predict)
         candidates: list[_Entry[T]] = []
         rows = 0
         while queue:
