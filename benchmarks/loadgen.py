@@ -79,6 +79,22 @@ class LoadResult:
         good = sum(1 for latency in self.latencies_by_status.get(OK, ()) if latency <= deadline_s)
         return good / self.elapsed_s
 
+    @classmethod
+    def pooled(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """One result holding every request of ``results`` (runs of one kind: their mode, rate and concurrency)."""
+        first = results[0]
+        pool = cls(mode=first.mode, offered_rps=first.offered_rps, concurrency=first.concurrency)
+        for result in results:
+            pool.latencies_s += result.latencies_s
+            pool.statuses += result.statuses
+            for status, latencies in result.latencies_by_status.items():
+                pool.latencies_by_status.setdefault(status, []).extend(latencies)
+            pool.errors += result.errors
+            pool.client_delays_s += result.client_delays_s
+            pool.elapsed_s += result.elapsed_s
+            pool.sent += result.sent
+        return pool
+
     def record(self, status: int, latency_s: float) -> None:
         """One answered request."""
         self.latencies_s.append(latency_s)
@@ -223,16 +239,31 @@ async def closed_loop(
     concurrency: int,
     duration_s: float,
     max_requests: int = 10**7,
+    min_requests: int = 0,
+    max_duration_s: float | None = None,
     drain_s: float = DRAIN_S,
 ) -> LoadResult:
-    """``concurrency`` callers in a loop for ``duration_s`` (or ``max_requests`` sent in all)."""
+    """``concurrency`` callers in a loop for ``duration_s`` (or ``max_requests`` sent in all).
+
+    With ``min_requests`` and ``max_duration_s``, the callers go on past ``duration_s`` until that many are sent,
+    for at most ``max_duration_s`` in all: a slow system's percentiles then rest on enough requests.
+    """
     result = LoadResult(mode="closed", concurrency=concurrency)
-    stop_at = time.perf_counter() + duration_s
+    began = time.perf_counter()
+    stop_at = began + duration_s
+    longest_s = max(duration_s, max_duration_s or duration_s)
+    give_up_at = began + longest_s
+
+    def going() -> bool:
+        now = time.perf_counter()
+        if result.sent >= max_requests:
+            return False
+        return now < stop_at or (result.sent < min_requests and now < give_up_at)
 
     async def caller() -> None:
         connection: Connection | None = None
         try:
-            while time.perf_counter() < stop_at and result.sent < max_requests:
+            while going():
                 result.sent += 1
                 started = time.perf_counter()
                 try:
@@ -250,9 +281,8 @@ async def closed_loop(
             if connection is not None:
                 connection.close()
 
-    began = time.perf_counter()
     tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
-    await _bounded(tasks, result, duration_s + drain_s)
+    await _bounded(tasks, result, longest_s + drain_s)
     result.elapsed_s = time.perf_counter() - began
     return result
 

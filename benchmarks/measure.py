@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.loadgen import build_request, closed_loop, open_loop, run
+from benchmarks.loadgen import LoadResult, build_request, closed_loop, open_loop, run
 from benchmarks.stack import Server
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -25,6 +25,8 @@ SUSTAINED_RATIO = 0.95
 KEPT_UP_RATIO = 0.9
 """... and 200s came back at no less than this share of the rate requests were sent at."""
 MAX_CONNECTIONS = 1024
+ONE_CLIENT_STRETCH = 4.0
+"""A one-client run goes on past its duration, to at most this many times it, to reach ``p99_requests``."""
 OPEN_LOOP_WARMUP_S = 0.5
 """Every open-loop run sends this long before it counts, while the client's connection pool grows to what the rate
 needs: the first request on each new connection waits for the server to accept it (at twice the ranker's
@@ -54,9 +56,14 @@ class Durations:
     sweep_s: float = 4.0
     tail_s: float = 10.0
     overload_s: float = 6.0
+    p99_requests: int = 1000
+    """The one-client and low-load points run longer where needed to rest on this many requests (ten beyond
+    their p99): at MiniLM's 10% load (11 req/s) a 4 s run sent 44, and its p99 was its slowest request."""
 
     def scaled(self, factor: float) -> Durations:
-        return Durations(**{name: value * factor for name, value in self.__dict__.items()})
+        """Every phase ``factor`` times as long, and no point stretched for its request count."""
+        seconds = {name: value * factor for name, value in self.__dict__.items() if name.endswith("_s")}
+        return Durations(**seconds, p99_requests=0)
 
 
 def _request(server: Server, workload: Workload, timeout_ms: float) -> bytes:
@@ -66,13 +73,27 @@ def _request(server: Server, workload: Workload, timeout_ms: float) -> bytes:
 
 
 def closed(
-    server: Server, workload: Workload, concurrency: int, duration_s: float, timeout_ms: float = SOAK_TIMEOUT_MS
-) -> dict[str, Any]:
-    """``concurrency`` closed-loop clients for ``duration_s``."""
+    server: Server, workload: Workload, concurrency: int, duration_s: float, timeout_ms: float = SOAK_TIMEOUT_MS,
+    *, min_requests: int = 0, max_duration_s: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``concurrency`` closed-loop clients for ``duration_s``, and on until ``min_requests`` (``closed_loop``)."""
     request = _request(server, workload, timeout_ms)
     cpu_before = server.cpu_s()
-    result = run(closed_loop(server.host, server.port, request, concurrency=concurrency, duration_s=duration_s))
+    result = run(
+        closed_loop(
+            server.host, server.port, request, concurrency=concurrency, duration_s=duration_s,
+            min_requests=min_requests, max_duration_s=max_duration_s,
+        )
+    )  # fmt: skip
     return _with_cpu(result.summary(workload.deadline_ms / 1000), server.cpu_s() - cpu_before, result.elapsed_s)
+
+
+def one_client_run(server: Server, workload: Workload, durations: Durations) -> dict[str, Any]:
+    """One closed-loop client for ``one_client_s``, longer when needed for ``p99_requests`` requests."""
+    seconds = durations.one_client_s
+    return closed(
+        server, workload, 1, seconds, min_requests=durations.p99_requests, max_duration_s=ONE_CLIENT_STRETCH * seconds
+    )
 
 
 def _with_cpu(summary: dict[str, Any], cpu_s: float, elapsed_s: float) -> dict[str, Any]:
@@ -88,6 +109,14 @@ def at_rate(
     seed: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     """Open-loop Poisson arrivals at ``rate_rps`` for ``duration_s``."""
+    result, cpu_s = _open_loop_run(server, workload, rate_rps, duration_s, timeout_ms, seed)
+    return _rate_summary(result, cpu_s, duration_s, workload)
+
+
+def _open_loop_run(
+    server: Server, workload: Workload, rate_rps: float, duration_s: float, timeout_ms: float, seed: int
+) -> tuple[LoadResult, float]:
+    """One open-loop run's requests, and the server processes' CPU seconds during it."""
     request = _request(server, workload, timeout_ms)
     cpu_before = server.cpu_s()
     result = run(
@@ -96,7 +125,12 @@ def at_rate(
             max_connections=MAX_CONNECTIONS, warmup_s=OPEN_LOOP_WARMUP_S,
         )
     )  # fmt: skip
-    summary = _with_cpu(result.summary(workload.deadline_ms / 1000), server.cpu_s() - cpu_before, result.elapsed_s)
+    return result, server.cpu_s() - cpu_before
+
+
+def _rate_summary(result: LoadResult, cpu_s: float, duration_s: float, workload: Workload) -> dict[str, Any]:
+    """An open-loop result's figures, with the server's CPU use and whether the rate was sustained."""
+    summary = _with_cpu(result.summary(workload.deadline_ms / 1000), cpu_s, result.elapsed_s)
     # Sustained: nearly every request answered 200, and answered about as fast as they were sent (a backlog
     # that only drains after the sending stops shows as throughput well under the rate actually offered).
     sent_rps = result.sent / duration_s
@@ -144,7 +178,7 @@ def compare(
     saturation: dict[str, list[dict[str, Any]]] = {e.label: [] for e in entries}
     for round_index in range(rounds):
         for entry in entries:
-            one_client[entry.label].append(closed(entry.server, entry.workload, 1, durations.one_client_s))
+            one_client[entry.label].append(one_client_run(entry.server, entry.workload, durations))
         for entry in entries:
             runs = saturation[entry.label]
             tried = entry.concurrencies if round_index == 0 else (_best(runs)["concurrency"],)
@@ -171,13 +205,32 @@ def compare(
     return figures
 
 
-def paired_rate(entries: list[Entry], rate_rps: float, duration_s: float, rounds: int) -> dict[str, dict[str, Any]]:
-    """Every entry at the same open-loop rate, taking turns for ``rounds`` rounds; each entry's median run."""
-    runs: dict[str, list[dict[str, Any]]] = {e.label: [] for e in entries}
+def paired_rate(
+    entries: list[Entry], rate_rps: float, duration_s: float, rounds: int, *, min_requests: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Every entry at the same open-loop rate, taking turns for ``rounds`` rounds; each entry's rounds pooled.
+
+    Each round runs ``duration_s``, or longer where the rate is low, so that the pool holds ``min_requests``
+    (``Durations.p99_requests``). ``runs`` keeps each round's own figures.
+    """
+    seconds = max(duration_s, min_requests / rate_rps / rounds)
+    runs: dict[str, list[tuple[LoadResult, float]]] = {e.label: [] for e in entries}
     for round_index in range(rounds):
         for entry in entries:
-            runs[entry.label].append(at_rate(entry.server, entry.workload, rate_rps, duration_s, seed=11 + round_index))
-    return {label: {**representative(each), "runs": each} for label, each in runs.items()}
+            runs[entry.label].append(
+                _open_loop_run(entry.server, entry.workload, rate_rps, seconds, SOAK_TIMEOUT_MS, seed=11 + round_index)
+            )
+    figures: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        each = runs[entry.label]
+        pool = LoadResult.pooled([result for result, _ in each])
+        pooled = _rate_summary(pool, sum(cpu_s for _, cpu_s in each), seconds * rounds, entry.workload)
+        figures[entry.label] = {
+            **pooled,
+            "pooled_rounds": rounds,
+            "runs": [_rate_summary(result, cpu_s, seconds, entry.workload) for result, cpu_s in each],
+        }
+    return figures
 
 
 def meets_slo(point: dict[str, Any], deadline_ms: float) -> bool:

@@ -204,7 +204,7 @@ def _peer_window(
 def _low_load(ctx: Context, tandem: Entry, b1: Entry, figures: dict[str, dict[str, Any]]) -> None:
     """Tandem and B1 at the same light rate: 10% of the lower of their saturated throughputs."""
     rate = LOW_LOAD_FRACTION * min(figures[e.label]["saturation"]["max_rps"] for e in (tandem, b1))
-    paired = paired_rate([tandem, b1], rate, ctx.durations.sweep_s, ctx.rounds)
+    paired = paired_rate([tandem, b1], rate, ctx.durations.sweep_s, ctx.rounds, min_requests=ctx.durations.p99_requests)
     for entry in (tandem, b1):
         figures[entry.label]["low_load"] = paired[entry.label]
 

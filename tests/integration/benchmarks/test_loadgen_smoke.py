@@ -24,6 +24,8 @@ from fastapi import FastAPI, Request, Response
 
 from benchmarks import loadgen
 from benchmarks.baselines import echo, naive
+from benchmarks.measure import Entry, Workload, paired_rate
+from benchmarks.stack import Server
 from tandem.demo.test_models import Echo
 from tests.support.ports import LOCALHOST, free_port
 
@@ -227,3 +229,49 @@ def test_the_open_loop_counts_a_failed_answer_once_by_kind(handle: object, kind:
         result = asyncio.run(loadgen.open_loop(LOCALHOST, port, request, rate_rps=100, duration_s=0.3))
     assert result.ok == 0 and result.sent > 0
     assert result.errors == {kind: result.sent}
+
+
+def test_a_closed_loop_goes_on_past_its_duration_until_its_minimum_count(baseline: int) -> None:
+    payload, headers = body()
+    request = loadgen.build_request(LOCALHOST, baseline, PATH, payload, headers)
+    result = asyncio.run(
+        loadgen.closed_loop(
+            LOCALHOST, baseline, request, concurrency=2, duration_s=0.0, min_requests=30, max_duration_s=30
+        )
+    )
+    assert result.sent == result.ok == 30
+
+
+def test_the_minimum_count_gives_way_to_the_longest_duration() -> None:
+    app = FastAPI()
+
+    @app.post(PATH)
+    async def slow(_: Request) -> Response:
+        await asyncio.sleep(0.05)
+        return Response(b"{}", media_type="application/json")
+
+    payload, headers = body()
+    with serving(app) as port:
+        request = loadgen.build_request(LOCALHOST, port, PATH, payload, headers)
+        result = asyncio.run(
+            loadgen.closed_loop(
+                LOCALHOST, port, request, concurrency=1, duration_s=0.0, min_requests=10_000, max_duration_s=0.3
+            )
+        )
+    assert 0 < result.ok == result.sent < 10_000
+
+
+def test_paired_rounds_are_pooled_to_the_minimum_count() -> None:
+    payload, headers = body()
+    workload = Workload("echo", "echo", payload, headers)
+    with serving(echo.create_app()) as port:
+        server = Server("b2", port, path_template=PATH)
+        entries = [Entry(label, server, workload, (1,)) for label in ("first", "second")]
+        figures = paired_rate(entries, rate_rps=50.0, duration_s=0.1, rounds=2, min_requests=40)
+    for label in ("first", "second"):
+        figure = figures[label]
+        assert figure["pooled_rounds"] == len(figure["runs"]) == 2
+        assert figure["requests"] == sum(run["requests"] for run in figure["runs"]) > 0
+        assert figure["statuses"] == {"200": figure["requests"]}
+        # Each round ran 0.4 s (40 requests at 50 req/s over two rounds), not the 0.1 s asked for.
+        assert figure["sent_rps"] == pytest.approx(sum(run["sent"] for run in figure["runs"]) / 0.8, abs=0.1)
