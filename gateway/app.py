@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -71,6 +72,12 @@ async def start_discovery(settings: GatewaySettings, pool: WorkerPool, stack: As
     stack.push_async_callback(stop)
 
 
+def _served_models(app: FastAPI) -> dict[str, dict[str, dict[str, Any]]]:
+    """What the app's workers serve, once its lifespan has started them (nothing before)."""
+    state: GatewayState | None = getattr(app.state, "tandem", None)
+    return state.pool.models() if state is not None else {}
+
+
 def create_app(settings: GatewaySettings, *, features: FeatureStore | None = None) -> FastAPI:
     """A gateway app serving the V2 protocol and the product endpoints, for ``settings``."""
 
@@ -121,7 +128,7 @@ def create_app(settings: GatewaySettings, *, features: FeatureStore | None = Non
     app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, policy=AuthPolicy.from_settings(settings))  # checked first
-    app.add_middleware(MetricsMiddleware)  # outermost: every answer is counted, refusals included
+    app.add_middleware(MetricsMiddleware, served=lambda: _served_models(app))  # counts every answer, refusals too
     app.state.id_hasher = IdHasher.from_settings(settings)  # routes hash user ids for the request log with it
     app.add_middleware(RequestLogMiddleware, hasher=app.state.id_hasher)  # one JSON line per request, refusals too
     app.add_middleware(TracingMiddleware)

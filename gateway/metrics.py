@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fastapi import APIRouter
 from prometheus_client import (
@@ -77,21 +79,73 @@ FEATURE_DRIFT_PSI = Gauge(
 )  # fmt: skip
 
 
-def _route_labels(scope: Scope) -> tuple[str, str, str]:
+UNKNOWN_LABEL = "unknown"
+ServedModels = Callable[[], Mapping[str, Mapping[str, Mapping[str, Any]]]]
+"""Model name -> version -> metadata (with ``aliases``) that live workers serve: ``WorkerPool.models``."""
+
+
+class ModelLabels:
+    """The model and version labels of a request: names a worker served, never whatever a caller put in a path.
+
+    A path's ``{model}`` and ``{version}`` are the caller's: labelled as they came, every made-up name would be
+    a new time series in this process and in Prometheus. A name is labelled when a worker answered the request
+    for it, or when workers serve it now or did earlier in this process (so a model keeps its label while its
+    workers are down); any other is ``unknown``. The names kept grow only with what workers serve.
+    """
+
+    def __init__(self, served: ServedModels | None = None) -> None:
+        self._served = served
+        self._known: set[tuple[str, str]] = set()
+        """(model, "") for each model seen served, (model, version) for each version or alias."""
+
+    def labels(self, model: str, version: str, *, answered: bool) -> tuple[str, str]:
+        """(model, version) as labels; ``answered``: a worker's reply (or a route) vouched for both."""
+        if not model:
+            return "", version
+        if answered:
+            self._known.update(((model, ""), (model, version)))
+            return model, version
+        if (model, "") not in self._known and not self._learn(model):
+            return UNKNOWN_LABEL, UNKNOWN_LABEL if version else ""
+        if version and (model, version) not in self._known and not self._learn(model, version):
+            return model, UNKNOWN_LABEL
+        return model, version
+
+    def _learn(self, model: str, version: str = "") -> bool:
+        """Whether live workers serve ``model`` (at ``version``, a version or an alias), remembered if so."""
+        versions = self._served().get(model) if self._served is not None else None
+        if versions is None:
+            return False
+        self._known.add((model, ""))
+        if not version:
+            return True
+        if version in versions or any(version in entry.get("aliases", ()) for entry in versions.values()):
+            self._known.add((model, version))
+            return True
+        return False
+
+
+def _route_labels(scope: Scope, models: ModelLabels) -> tuple[str, str, str]:
     route = scope.get("route")
     path = getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
     params = scope.get("path_params") or {}
     state = scope.get("state") or {}
-    model = params.get("model") or state.get("model", "")
-    version = state.get("model_version") or params.get("version") or ""
+    answered_version = state.get("model_version")
+    # A route's own model (``state["model"]``, from settings) and a version a worker answered with are the
+    # gateway's; a path's are the caller's.
+    path_model = params.get("model")
+    model = path_model or state.get("model", "")
+    version = answered_version or params.get("version") or ""
+    model, version = models.labels(model, version, answered=not path_model or answered_version is not None)
     return path, model, version
 
 
 class MetricsMiddleware:
     """Counts and times every HTTP request by its route template (not its raw path: bounded cardinality)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, served: ServedModels | None = None) -> None:
         self.app = app
+        self.models = ModelLabels(served)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +165,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_remember)
         finally:
             INFLIGHT.dec()
-            route, model, version = _route_labels(scope)
+            route, model, version = _route_labels(scope, self.models)
             code = str(status)
             REQUESTS.labels(route, model, version, code).inc()
             REQUEST_DURATION.labels(route, model, code).observe(time.perf_counter() - started)

@@ -47,11 +47,19 @@ def test_gateway_and_worker_metrics_follow_real_traffic(make_stack: Callable[...
     statuses = asyncio.run(_traffic(url, 64))
     assert statuses == [200] * 64
     assert httpx.post(f"{url}/v2/models/nope/infer", json={"inputs": []}).status_code == 404
+    assert httpx.post(f"{url}/v2/models/sleeper/versions/nope-v/infer", json={"inputs": []}).status_code == 404
+    assert httpx.get(f"{url}/v2/models/sleeper/ready").status_code == 200
 
     gateway, worker = scrape(f"{url}/metrics"), scrape(worker_metrics)
     ok = dict(route=INFER_ROUTE, model="sleeper", status="200")
     assert value(gateway, "tandem_requests_total", **ok) - value(gateway_before, "tandem_requests_total", **ok) == 64
-    assert value(gateway, "tandem_requests_total", route=INFER_ROUTE, model="nope", status="404") == 1
+    # A caller's made-up names are not labels (each would be a new series): the model is "unknown", and a served
+    # model's made-up version is too; a served model keeps its name where no worker answered (ready).
+    assert value(gateway, "tandem_requests_total", route=INFER_ROUTE, model="unknown", status="404") == 1
+    assert not [labels for _, labels in gateway if ("model", "nope") in labels or ("version", "nope-v") in labels]
+    versioned = "/v2/models/{model}/versions/{version}/infer"
+    assert value(gateway, "tandem_requests_total", route=versioned, model="sleeper", version="unknown") == 1
+    assert value(gateway, "tandem_requests_total", route="/v2/models/{model}/ready", model="sleeper") == 1
     durations = value(gateway, "tandem_request_duration_seconds_count", **{k: ok[k] for k in ("route", "status")})
     assert durations >= 64
     assert value(gateway, "tandem_worker_call_duration_seconds_count", model="sleeper") >= 64
