@@ -25,6 +25,8 @@ SUSTAINED_RATIO = 0.95
 KEPT_UP_RATIO = 0.9
 """... and 200s came back at no less than this share of the rate requests were sent at."""
 MAX_CONNECTIONS = 1024
+TAIL_STRETCH = 3.0
+"""The tail point runs at most this many times ``tail_s`` to reach ``p999_requests``."""
 ONE_CLIENT_STRETCH = 4.0
 """A one-client run goes on past its duration, to at most this many times it, to reach ``p99_requests``."""
 OPEN_LOOP_WARMUP_S = 0.5
@@ -59,11 +61,19 @@ class Durations:
     p99_requests: int = 1000
     """The one-client and low-load points run longer where needed to rest on this many requests (ten beyond
     their p99): at MiniLM's 10% load (11 req/s) a 4 s run sent 44, and its p99 was its slowest request."""
+    p999_requests: int = 10000
+    """The tail point (judged at p99.9) runs longer where needed for this many requests, up to
+    ``TAIL_STRETCH`` times ``tail_s``: at MiniLM's 70% load 10 s sent ~2,100, two beyond the p99.9."""
 
     def scaled(self, factor: float) -> Durations:
         """Every phase ``factor`` times as long, and no point stretched for its request count."""
         seconds = {name: value * factor for name, value in self.__dict__.items() if name.endswith("_s")}
-        return Durations(**seconds, p99_requests=0)
+        return Durations(**seconds, p99_requests=0, p999_requests=0)
+
+    def tail_seconds(self, rate_rps: float) -> float:
+        """How long the tail point runs at ``rate_rps``: ``tail_s``, stretched toward ``p999_requests``."""
+        wanted_s = self.p999_requests / rate_rps if rate_rps > 0 else 0.0
+        return min(max(self.tail_s, wanted_s), TAIL_STRETCH * self.tail_s)
 
 
 def _request(server: Server, workload: Workload, timeout_ms: float) -> bytes:
@@ -196,10 +206,11 @@ def compare(
     for entry in swept:
         figures[entry.label]["sweep"] = []
     for fraction in sorted(fractions):
-        seconds = durations.tail_s if fraction == long_fraction else durations.sweep_s
         for entry in swept:
             max_rps = figures[entry.label]["saturation"]["max_rps"]
-            point = at_rate(entry.server, entry.workload, fraction * max_rps, seconds, seed=int(fraction * 1000))
+            rate = fraction * max_rps
+            seconds = durations.tail_seconds(rate) if fraction == long_fraction else durations.sweep_s
+            point = at_rate(entry.server, entry.workload, rate, seconds, seed=int(fraction * 1000))
             point["fraction"] = fraction
             figures[entry.label]["sweep"].append(point)
     return figures

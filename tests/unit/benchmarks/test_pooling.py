@@ -43,5 +43,14 @@ def test_quick_durations_shorten_every_phase_and_stretch_no_point() -> None:
     full = Durations()
     quick = full.scaled(0.5)
     assert full.p99_requests > 0 and quick.p99_requests == 0
+    assert full.p999_requests > 0 and quick.p999_requests == 0
     assert quick.one_client_s == full.one_client_s / 2
     assert quick.tail_s == full.tail_s / 2
+
+
+def test_the_tail_point_stretches_toward_its_request_count_within_a_bound() -> None:
+    durations = Durations(tail_s=10.0, p999_requests=10_000)
+    assert durations.tail_seconds(5_000.0) == 10.0  # 50,000 requests in 10 s already
+    assert durations.tail_seconds(500.0) == 20.0
+    assert durations.tail_seconds(50.0) == 30.0  # would need 200 s: three times tail_s at most
+    assert Durations(tail_s=4.0, p999_requests=0).tail_seconds(50.0) == 4.0
