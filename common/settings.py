@@ -48,7 +48,8 @@ class WorkerSettings(BaseSettings):
         5.0,
         ge=0,
         description="Seconds a loaded model may spend timing batches of 1, 2, 4, ... rows; its batches are then"
-        " capped where rows/s falls off (worker/batch_profile.py). 0: no profile, batches up to max_batch_size.",
+        " capped where rows/s falls off, once paired calls past this budget confirm it (worker/batch_profile.py)."
+        " 0: no profile, batches up to max_batch_size.",
     )
     inline_compute_ms: float = Field(
         0.5,

@@ -15,6 +15,13 @@ only slow a call down, and on a shared machine it does so in spells of seconds (
 pass alone). The first pass stops at ``max_rows``, before a size whose calls would not fit in the budget, or at
 a size that fails (out of memory): the failure only ends the profile, since the model already passed its
 warm-up. A model too slow to profile two sizes within the budget is not profiled.
+
+A cap the profile proposes is then confirmed (``confirm``), past the budget: in most of ``CONFIRM_PAIRS`` pairs of
+calls back to back, the capped size and the largest one, the largest must compute at least ``TOLERANCE`` fewer
+rows/s. A slow spell slows both calls of a pair alike, where it could slow one size in every pass. Two workers
+loading all-MiniLM-L6-v2 at once on two shared cores proposed caps of 4 and 8 rows (``4: 117, 8: 102, 16: 96,
+32: 101`` rows/s; ``8: 145, 16: 119``), where batches of 16-32 compute 20-40% more rows/s than 4: a wrong cap
+costs far more than a missing one (~10% at 64 rows).
 Blocking; runs on the loader thread, beside the live version during a hot swap (its calls then share the device,
 and each size's fastest call is what counts).
 """
@@ -34,6 +41,7 @@ FALL_OFF = 0.10
 """A cap is set only when the largest size profiled is at least this share below the best: smaller falls were
 within what a slow spell does to a profile here (a profile taken while another worker loaded fell 9% from 4 to
 16 rows; the same model's 16 and 32 compute alike)."""
+CONFIRM_PAIRS = 3
 _GROWTH = 2  # each size twice the last, its call predicted to take twice as long
 
 
@@ -84,6 +92,28 @@ def efficient_rows(seconds: Mapping[int, float]) -> int | None:
     if rates[max(rates)] > best * (1 - FALL_OFF):
         return None
     return max(size for size, rate in rates.items() if rate >= best * (1 - TOLERANCE))
+
+
+def confirm(run: Callable[[int], None], cap: int, largest: int, clock: Callable[[], float] = time.perf_counter) -> bool:
+    """Whether ``largest`` rows computed at least ``TOLERANCE`` fewer rows/s than ``cap`` rows in most of
+    ``CONFIRM_PAIRS`` pairs of calls back to back (in turns, either size first), so that one pair a spell fell
+    on does not decide. Stops once most pairs agree; a call that fails confirms nothing."""
+    needed = CONFIRM_PAIRS // 2 + 1
+    slower = faster = 0
+    for pair in range(CONFIRM_PAIRS):
+        order = (cap, largest) if pair % 2 == 0 else (largest, cap)
+        try:
+            timed = {rows: _timed(run, rows, clock) for rows in order}
+        except Exception as exc:  # the sizes ran in the profile; a failure now leaves the batches uncapped
+            log.info("batch cap not confirmed: %s: %s", type(exc).__name__, exc)
+            return False
+        if largest / timed[largest] <= cap / timed[cap] * (1 - TOLERANCE):
+            slower += 1
+        else:
+            faster += 1
+        if needed in (slower, faster):
+            break
+    return slower >= needed
 
 
 def _timed(run: Callable[[int], None], rows: int, clock: Callable[[], float]) -> float:

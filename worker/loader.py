@@ -459,14 +459,22 @@ def _profile_batches(
         run_batch(model, [batch_of(rows)])
 
     seconds = batch_profile.profile(run, max_rows, budget_s, warm_up_s)
-    model.batch_cap = batch_profile.efficient_rows(seconds)
+    proposed = batch_profile.efficient_rows(seconds)
+    confirmed = proposed is not None and batch_profile.confirm(run, proposed, max(seconds))
+    model.batch_cap = proposed if confirmed else None
     if seconds:
+        if model.batch_cap:
+            outcome = f"batches capped at {model.batch_cap} rows"
+        elif proposed is not None:
+            outcome = f"no cap: {max(seconds)} rows were not slower than {proposed} in paired calls"
+        else:
+            outcome = "no cap"
         log.info(
             "%s/%s rows/s by batch size: %s; %s",
             model.name,
             model.version,
             ", ".join(f"{rows}: {rows / secs:.0f}" for rows, secs in seconds.items()),
-            f"batches capped at {model.batch_cap} rows" if model.batch_cap else "no cap",
+            outcome,
         )
 
 

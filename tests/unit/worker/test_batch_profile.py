@@ -6,7 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
-from tandem.worker.batch_profile import CALLS_PER_SIZE, FALL_OFF, TOLERANCE, efficient_rows, profile
+from tandem.worker.batch_profile import (
+    CALLS_PER_SIZE,
+    CONFIRM_PAIRS,
+    FALL_OFF,
+    TOLERANCE,
+    confirm,
+    efficient_rows,
+    profile,
+)
 
 
 class SimulatedModel:
@@ -113,3 +121,48 @@ def test_the_cap_is_the_largest_size_near_the_best_when_the_largest_fell_clearly
 ) -> None:
     seconds = {rows: rows / rate for rows, rate in rows_per_s.items()}
     assert efficient_rows(seconds) == cap
+
+
+def test_a_real_fall_off_is_confirmed_by_paired_calls_in_turns() -> None:
+    model = SimulatedModel(past_the_caches)
+    assert confirm(model.run, 32, 256, clock=model.clock)
+    assert CONFIRM_PAIRS == 3
+    assert model.calls == [32, 256, 256, 32]  # two pairs of three agree: the third is not needed
+
+
+def test_a_cap_proposed_by_a_slow_spell_is_not_confirmed() -> None:
+    # Two workers profiling at once: the larger sizes ran in slow spells, and the profile proposed 4 rows.
+    model = SimulatedModel(per_call_cost)
+    seconds = {1: 1 / 41, 2: 2 / 63, 4: 4 / 117, 8: 8 / 102, 16: 16 / 96, 32: 32 / 101}
+    assert efficient_rows(seconds) == 4
+    assert not confirm(model.run, 4, 32, clock=model.clock)
+    assert model.calls == [4, 32, 32, 4]
+
+
+def test_a_spell_that_slows_both_calls_of_a_pair_leaves_the_verdict_alone() -> None:
+    model = SimulatedModel(past_the_caches)
+
+    def spell_on_the_second_pair(rows: int) -> float:
+        return past_the_caches(rows) * (3 if len(model.calls) in (3, 4) else 1)
+
+    model.cost = spell_on_the_second_pair
+    assert confirm(model.run, 32, 256, clock=model.clock)
+
+
+def test_one_pair_a_spell_fell_on_does_not_decide() -> None:
+    model = SimulatedModel(past_the_caches)
+
+    def spell_on_the_first_call(rows: int) -> float:
+        return past_the_caches(rows) * (4 if len(model.calls) == 1 else 1)  # 32 rows at a quarter speed
+
+    model.cost = spell_on_the_first_call
+    assert confirm(model.run, 32, 256, clock=model.clock)
+    assert model.calls == [32, 256, 256, 32, 32, 256]  # the first pair disagreed: the third decided
+
+
+def test_a_call_that_fails_while_confirming_leaves_the_batches_uncapped() -> None:
+    def run(rows: int) -> None:
+        if rows > 16:
+            raise MemoryError("out of memory")
+
+    assert not confirm(run, 16, 64)
