@@ -22,6 +22,7 @@ rows/s. A slow spell slows both calls of a pair alike, where it could slow one s
 loading all-MiniLM-L6-v2 at once on two shared cores proposed caps of 4 and 8 rows (``4: 117, 8: 102, 16: 96,
 32: 101`` rows/s; ``8: 145, 16: 119``), where batches of 16-32 compute 20-40% more rows/s than 4: a wrong cap
 costs far more than a missing one (~10% at 64 rows).
+
 Blocking; runs on the loader thread, beside the live version during a hot swap (its calls then share the device,
 and each size's fastest call is what counts).
 """
