@@ -73,7 +73,7 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-runtime
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-# The same, plus Mosec and LitServe, each installed from PyPI into its own venv on first use (~15 min).
+# The same, plus Mosec and LitServe, each installed from PyPI into its own venv on first use (~23 min).
 bench-peers: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --peers $(BENCH_ARGS)
 
