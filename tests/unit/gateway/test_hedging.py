@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from tandem.gateway.hedging import MIN_SAMPLES, HedgePolicy, LatencyTracker, parse_models
+from tandem.gateway.hedging import MIN_SAMPLES, REFRESH_EVERY, HedgePolicy, LatencyTracker, parse_models
 
 
 def test_parse_models() -> None:
@@ -68,6 +69,17 @@ def test_tracker_recomputes_lazily() -> None:
     for _ in range(100):
         tracker.observe(2.0)
     assert tracker.value_s == pytest.approx(2.0)
+
+
+def test_tracker_quantile_is_numpys_over_the_latest_window() -> None:
+    latencies = np.random.default_rng(7).exponential(0.01, size=1234)
+    tracker = LatencyTracker(0.95, window=300)
+    for latency in latencies:
+        tracker.observe(float(latency))
+    # The last refresh came at a multiple of REFRESH_EVERY samples, over the 300 latest then.
+    refreshed_at = len(latencies) // REFRESH_EVERY * REFRESH_EVERY
+    expected = np.quantile(latencies[refreshed_at - 300 : refreshed_at], 0.95)
+    assert tracker.value_s == pytest.approx(expected, rel=1e-12)
 
 
 def test_losing_ordinary_hedges_are_throttled_to_probes_but_stall_hedges_never_are() -> None:
