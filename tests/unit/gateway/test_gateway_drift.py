@@ -119,6 +119,18 @@ def test_gauges_are_set_whatever_the_sample_size_per_request(raw_reference, gaug
     assert _value(registry, "a") is not None
 
 
+def test_rows_in_another_datatype_are_binned_as_the_same_values(raw_reference, gauge) -> None:
+    features = np.random.default_rng(5).normal(size=(1200, 3)).astype(np.float32)
+    features[:, 2] += 1.0
+    alike, mixed = (_monitor(References(raw_reference), gauge[0], min_rows=100) for _ in range(2))
+    _send(alike, features)
+    _send(mixed, features[:608])
+    _send(mixed, features[608:].astype(np.float64))  # a caller may send FP64: the same values, other bytes
+    assert mixed.rows_seen("ranker", "1") == alike.rows_seen("ranker", "1") == 1200
+    assert mixed.psi("ranker", "1") == pytest.approx(alike.psi("ranker", "1"), rel=1e-9)
+    assert alike.psi("ranker", "1")["c"] > 0.2
+
+
 def test_only_every_kth_request_is_sampled(raw_reference, gauge) -> None:
     monitor = _monitor(References(raw_reference), gauge[0], sample_every=3)
     _send(monitor, _training(rows=90, seed=4)[0], batch=1)
