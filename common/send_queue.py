@@ -28,6 +28,20 @@ log = logging.getLogger("tandem.zmq")
 Frames = Sequence[Buffer]
 OnUnsent = Callable[[Hashable], None]
 
+# Plain ints: pyzmq's flags are enum members, and combining them (``send_multipart`` ORs SNDMORE into each
+# frame's flags) builds a new enum member each time, about 1 us a message.
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+
+
+def send_frames(socket: zmq.Socket, frames: Frames) -> None:
+    """``socket.send_multipart(frames, zmq.NOBLOCK, copy=False)``: raises ``zmq.Again`` before its first frame
+    when the socket cannot take the message; ZeroMQ then takes the rest of a multipart message whole."""
+    *head, last = frames
+    for frame in head:
+        socket.send(frame, _NOBLOCK_MORE, copy=False)
+    socket.send(last, _NOBLOCK, copy=False)
+
 
 class SendQueue:
     """One socket's outgoing messages; only the event loop thread that owns the socket may use it.
@@ -62,7 +76,7 @@ class SendQueue:
         try:
             if self._queued:
                 self._send_queued()
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.socket, frames)
         finally:
             self._after_send()
 
@@ -102,7 +116,7 @@ class SendQueue:
             return
         for frames, token in queued:
             try:
-                self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(self.socket, frames)
             except zmq.Again:
                 if self._on_unsent is None:
                     log.warning("dropped a message the socket would not take")

@@ -21,6 +21,13 @@ log = logging.getLogger("tandem.zmq")
 
 OnMessage = Callable[[list[zmq.Frame]], None]
 
+# Plain ints: pyzmq's constants are enum members, and ``events & zmq.POLLIN`` or ``recv_multipart`` build a new
+# enum member per use, about 1 us a message.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
 # Messages handled per wake-up before the loop gets a turn: a flood of replies must not starve the HTTP side.
 MAX_MESSAGES_PER_WAKE = 256
 
@@ -50,7 +57,7 @@ class SocketReader:
 
     def after_send(self) -> None:
         """Call after each send on this socket: reads a message whose arrival the send's bookkeeping hid."""
-        if self._loop is not None and self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if self._loop is not None and self.socket.getsockopt(_EVENTS) & _POLLIN:
             self._schedule_drain()
 
     def drain(self) -> None:
@@ -60,12 +67,14 @@ class SocketReader:
         if self._loop is None or socket.closed:
             return
         for _ in range(MAX_MESSAGES_PER_WAKE):
-            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not socket.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = [socket.recv(_NOBLOCK, copy=False)]
             except zmq.Again:
                 return
+            while socket.getsockopt(_RCVMORE):  # the rest of a multipart message is there once its first part is
+                frames.append(socket.recv(_NOBLOCK, copy=False))
             try:
                 self._on_message(frames)
             except Exception:
