@@ -94,6 +94,13 @@ def shed_counter(reason: str) -> Counter:
     return SHED.labels(reason)
 
 
+@functools.cache
+def worker_call_duration(model: str) -> Histogram:
+    """``tandem_worker_call_duration_seconds`` for ``model``, looked up once (``answer_series``). Observed only
+    for a good answer, so ``model`` is one a worker serves: the label set is bounded."""
+    return WORKER_CALL_DURATION.labels(model)
+
+
 UNKNOWN_LABEL = "unknown"
 ServedModels = Callable[[], Mapping[str, Mapping[str, Mapping[str, Any]]]]
 """Model name -> version -> metadata (with ``aliases``) that live workers serve: ``WorkerPool.models``."""

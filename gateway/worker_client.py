@@ -400,7 +400,7 @@ class WorkerPool:
                         metrics.RETRIES.labels(request.model).inc()
                         continue
                     if reply.ok:
-                        metrics.WORKER_CALL_DURATION.labels(request.model).observe(time.monotonic() - first_sent_at)
+                        metrics.worker_call_duration(request.model).observe(time.monotonic() - first_sent_at)
                         if was_hedge:
                             metrics.HEDGES_WON.labels(request.model, _trigger(hedged_from_stall)).inc()
                     if hedging is not None and hedged_from_stall is not None:

@@ -379,10 +379,10 @@ class WorkerServer:
         """The one place batches are counted: pong stats and Prometheus metrics."""
         model.stats.record(batch.rows, len(batch.items))
         self.stats.record(batch.rows, len(batch.items))
-        metrics.BATCH_SIZE.labels(model.name).observe(batch.rows)
-        metrics.BATCH_REQUESTS.labels(model.name).observe(len(batch.items))
-        metrics.BATCH_COMPUTE.labels(model.name).observe(computed_s)
-        queue_wait = metrics.QUEUE_WAIT.labels(model.name)
+        batch_size, batch_requests, batch_compute, queue_wait = metrics.batch_series(model.name)
+        batch_size.observe(batch.rows)
+        batch_requests.observe(len(batch.items))
+        batch_compute.observe(computed_s)
         for job in batch.items:
             queue_wait.observe(max(0.0, started - job.received))
         log.debug("ran %s/%s: %d requests, %d rows", model.name, model.version, len(batch.items), batch.rows)
@@ -415,14 +415,14 @@ class WorkerServer:
 
     def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
         self._finish(job)
-        metrics.WORKER_REQUESTS.labels(job.model.name, STATUS_OK).inc()
+        metrics.requests_counter(job.model.name, STATUS_OK).inc()
         selected = tensors if job.outputs is None else [tensors[i] for i in job.outputs]
         reply = Reply(job.request.request_id, STATUS_OK, job.model.name, version=job.model.version, outputs=selected)
         self._send(job.identity, reply)
 
     def _answer_error(self, job: _Job, error: TandemError) -> None:
         self._finish(job)
-        metrics.WORKER_REQUESTS.labels(job.model.name, error.code).inc()
+        metrics.requests_counter(job.model.name, error.code).inc()
         self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
 
     def _send(self, identity: bytes, message: Reply | Pong) -> None:
