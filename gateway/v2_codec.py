@@ -56,6 +56,11 @@ _LENGTH_PREFIX = struct.Struct("<I")
 _BF16_INF_EXPONENT = 0x7F80
 _NUMPY_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 _JSON_FLOATS = ({int, float}, "numbers")
+# Little-endian struct codes of the datatypes JSON data is packed into (BYTES and BF16 are converted apart).
+_STRUCT_CODES = {
+    "BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b", "INT16": "h",
+    "INT32": "i", "INT64": "q", "FP16": "e", "FP32": "f", "FP64": "d",
+}  # fmt: skip
 # The Python types orjson gives for JSON values a datatype accepts (floats: ``_JSON_FLOATS``).
 _JSON_KINDS: dict[str, tuple[set[type], str]] = {
     BYTES: ({str}, "strings"),
@@ -274,24 +279,28 @@ def _json_data(spec: _InputSpec) -> bytes | memoryview:
 
     if datatype == BYTES:
         return encode_bytes_elements([item.encode() for item in leaves])
-    target = NUMPY_BY_DATATYPE[datatype]
-    if datatype == "BF16":
-        target = np.dtype("<f4")
+    code = _STRUCT_CODES.get(datatype)
+    if code is not None:
+        # struct packs Python numbers ~6x faster than numpy converts a list (3.5 -> 0.6 us for a ranker row),
+        # and refuses what does not fit (OverflowError or struct.error: a number too large for a float type, an
+        # integer out of an integer type's range). orjson parses no infinities or NaN: every float is finite.
+        try:
+            return struct.pack(f"<{len(leaves)}{code}", *leaves)
+        except (OverflowError, struct.error):
+            target = NUMPY_BY_DATATYPE[datatype]
+            if target.kind == "f":
+                raise BadRequest(f"{mismatch}: a value is too large for {datatype}") from None
+            info = np.iinfo(target)
+            raise BadRequest(f"{mismatch}: values must lie in [{info.min}, {info.max}]") from None
+    # BF16: no struct code; rounded from float32 here.
     try:
         with np.errstate(over="ignore"):
-            out = np.asarray(leaves, dtype=target)
-    except OverflowError:
-        info = np.iinfo(target)
-        raise BadRequest(f"{mismatch}: values must lie in [{info.min}, {info.max}]") from None
-    if target.kind == "f":
-        if datatype == "BF16":
-            out = _to_bf16(out)
-            finite = (out & _BF16_INF_EXPONENT) != _BF16_INF_EXPONENT
-        else:
-            finite = np.isfinite(out)
-        # JSON has no infinities, so any here come from values too large for the datatype.
-        if not finite.all():
-            raise BadRequest(f"{mismatch}: a value is too large for {datatype}")
+            out = _to_bf16(np.asarray(leaves, dtype=np.dtype("<f4")))
+    except OverflowError:  # an integer too large for a float at all
+        raise BadRequest(f"{mismatch}: a value is too large for {datatype}") from None
+    # JSON has no infinities, so any here come from values too large for the datatype.
+    if not ((out & _BF16_INF_EXPONENT) != _BF16_INF_EXPONENT).all():
+        raise BadRequest(f"{mismatch}: a value is too large for {datatype}")
     return memoryview(out).cast("B")
 
 

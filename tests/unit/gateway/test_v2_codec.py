@@ -639,3 +639,30 @@ def test_fuzz_random_json_raises_only_bad_request(value: Any, tail: bytes, with_
 @given(request=request_bodies())
 def test_fuzz_request_shaped_bodies_raise_only_bad_request(request: tuple[bytes, Any]) -> None:
     _parse_or_bad_request(*request)
+
+
+NUMERIC = ["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL"]
+
+
+@FUZZ
+@given(datatype=st.sampled_from(NUMERIC), data=st.data())
+def test_json_numbers_become_the_bytes_numpy_gives_or_a_bad_request(datatype: str, data: st.DataObject) -> None:
+    dtype = NUMPY_BY_DATATYPE[datatype]
+    if datatype == "BOOL":
+        elements = st.booleans()
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        elements = st.integers(info.min, info.max)
+    else:  # rounding and overflow near the type's limits, and integers that are not floats in JSON
+        limit = float(np.finfo(dtype).max)
+        elements = st.floats(-2 * limit, 2 * limit, allow_infinity=False) | st.integers(-(2**70), 2**70)
+    values = data.draw(st.lists(elements, min_size=1, max_size=12))
+    body = _request([{"name": "x", "shape": [len(values)], "datatype": datatype, "data": values}])
+    with np.errstate(over="ignore"):
+        expected = np.asarray(values, dtype=dtype.newbyteorder("<"))
+    if dtype.kind == "f" and not np.isfinite(expected).all():
+        with pytest.raises(BadRequest, match=f"a value is too large for {datatype}"):
+            parse_infer_request(body, None)
+        return
+    [tensor] = parse_infer_request(body, None).inputs
+    assert bytes(tensor.data) == expected.tobytes()
