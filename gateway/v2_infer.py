@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tandem.common.errors import error_from_code
 from tandem.common.wire import InferRequest
-from tandem.gateway.body import read_body
+from tandem.gateway.body import receive_body
 from tandem.gateway.deadlines import TIMEOUT_HEADER, Deadline, deadline_from_header
 from tandem.gateway.http_errors import error_parts
 from tandem.gateway.limits import check_infer_limits, send_json_error
@@ -179,7 +179,7 @@ class InferFastPath:
             headers = _infer_headers(scope)
             deadline = deadline_for(state, headers)
             state.pool.check_served(model, version)
-            body = await read_body(Request(scope, receive), state.settings.max_body_bytes)
+            body = await receive_body(scope, receive, state.settings.max_body_bytes)
             answer = await run_infer(
                 state, app.state.traffic, model, version, body, headers, deadline, scope.setdefault("state", {})
             )
