@@ -25,7 +25,6 @@ OnMessage = Callable[[list[zmq.Frame]], None]
 # enum member per use, about 1 us a message.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 # Messages handled per wake-up before the loop gets a turn: a flood of replies must not starve the HTTP side.
@@ -70,11 +69,15 @@ class SocketReader:
             if not socket.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
-                frames = [socket.recv(_NOBLOCK, copy=False)]
+                frame = socket.recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            while socket.getsockopt(_RCVMORE):  # the rest of a multipart message is there once its first part is
-                frames.append(socket.recv(_NOBLOCK, copy=False))
+            frames = [frame]
+            # The rest of a multipart message is there once its first part is. ``Frame.more`` is read from the
+            # message itself: a getsockopt(RCVMORE) per part cost ~0.6 us.
+            while frame.more:
+                frame = socket.recv(_NOBLOCK, copy=False)
+                frames.append(frame)
             try:
                 self._on_message(frames)
             except Exception:
