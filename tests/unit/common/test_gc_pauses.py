@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import gc
 
-from tandem.common.gc_pauses import freeze_startup_objects
+from tandem.common.gc_pauses import YOUNG_THRESHOLD, freeze_startup_objects
 
 
 def test_start_up_objects_leave_the_collectors_sight_and_later_garbage_is_still_collected() -> None:
+    thresholds = gc.get_threshold()
     try:
         frozen = freeze_startup_objects()
         assert frozen == gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])
 
         class Node:
             def __init__(self) -> None:
@@ -20,3 +22,4 @@ def test_start_up_objects_leave_the_collectors_sight_and_later_garbage_is_still_
         assert gc.collect() >= 2
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
