@@ -11,7 +11,8 @@ Young collections are the other cost. One runs each time allocations outnumber f
 and a gateway serving 16 requests at once crosses that with the objects its requests hold in flight, not with
 garbage: on the ranker it ran 1,430 young collections in 8 s, ~100 us each, 2.0% of its CPU (at 64 clients
 3,682, 4.9%), and none found anything to free (requests make no reference cycles). With the threshold at
-``YOUNG_THRESHOLD`` none ran in the same 8 s (one at 64 clients). Cyclic garbage still gets collected, after at most that many more allocations than frees.
+``YOUNG_THRESHOLD`` none ran in the same 8 s (one at 64 clients). Cyclic garbage still gets collected, after
+at most that many more allocations than frees.
 """
 
 from __future__ import annotations
