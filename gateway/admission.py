@@ -34,6 +34,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tandem.common.errors import BadRequest
+from tandem.common.metric_children import child
 from tandem.gateway import metrics
 from tandem.gateway.deadlines import TIMEOUT_HEADER, budget_from_header
 from tandem.gateway.loop_lag import LoopLag
@@ -215,9 +216,9 @@ def count_refusal(admission: Admission, refusal: Refusal) -> None:
     """Count a refusal answered before the app: as the admission middleware counts its own, and the answer that
     ``MetricsMiddleware`` would have counted had it seen it."""
     _count_shed(admission, refusal)
-    metrics.answer_series(metrics.UNMATCHED_ROUTE, "", "", "503")[0].inc()
+    child(metrics.REQUESTS, metrics.UNMATCHED_ROUTE, "", "", "503").inc()
 
 
 def _count_shed(admission: Admission, refusal: Refusal) -> None:
     admission.rejected += 1
-    metrics.shed_counter(refusal.shed).inc()
+    child(metrics.SHED, refusal.shed).inc()

@@ -11,7 +11,6 @@ Buckets are for millisecond latencies. Names follow Prometheus conventions: ``ta
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,8 @@ from prometheus_client import (
 )
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tandem.common.metric_children import child
 
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -78,27 +79,6 @@ FEATURE_DRIFT_PSI = Gauge(
     "PSI of live inputs against the version's training reference, by column; feature __score__: its output.",
     ["model", "version", "feature"], multiprocess_mode="livemostrecent",
 )  # fmt: skip
-
-
-@functools.cache
-def answer_series(route: str, model: str, version: str, status: str) -> tuple[Counter, Histogram]:
-    """The request counter and duration histogram of one label set, looked up once: a label lookup takes a lock
-    and builds a key (3.1 us for the two per answer, 1.3 us through this). The label sets are bounded: route
-    templates, ``ModelLabels``, status codes."""
-    return REQUESTS.labels(route, model, version, status), REQUEST_DURATION.labels(route, model, status)
-
-
-@functools.cache
-def shed_counter(reason: str) -> Counter:
-    """``tandem_shed_total`` for ``reason``, looked up once (``answer_series``)."""
-    return SHED.labels(reason)
-
-
-@functools.cache
-def worker_call_duration(model: str) -> Histogram:
-    """``tandem_worker_call_duration_seconds`` for ``model``, looked up once (``answer_series``). Observed only
-    for a good answer, so ``model`` is one a worker serves: the label set is bounded."""
-    return WORKER_CALL_DURATION.labels(model)
 
 
 UNKNOWN_LABEL = "unknown"
@@ -188,9 +168,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_remember)
         finally:
             INFLIGHT.dec()
-            count, duration = answer_series(*_route_labels(scope, self.models), str(status))
-            count.inc()
-            duration.observe(time.perf_counter() - started)
+            # Label sets bounded by route templates, ``ModelLabels`` and status codes: looked up once each.
+            route, model, version = _route_labels(scope, self.models)
+            code = str(status)
+            child(REQUESTS, route, model, version, code).inc()
+            child(REQUEST_DURATION, route, model, code).observe(time.perf_counter() - started)
 
 
 router = APIRouter(tags=["observability"])

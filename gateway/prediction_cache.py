@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from tandem.common.metric_children import child
 from tandem.common.settings import split_list
 from tandem.common.wire import InferRequest, Reply, Tensor
 from tandem.gateway import metrics
@@ -203,7 +204,7 @@ class PredictionCache:
         key = self.key_for(request.model, request.version, request.inputs, pool.models(), request.outputs)
         if key is not None:
             cached = self.get(key)
-            metrics.CACHE.labels(request.model, "miss" if cached is None else "hit").inc()
+            child(metrics.CACHE, request.model, "miss" if cached is None else "hit").inc()
             if cached is not None:
                 return cached
         reply = await pool.infer(request, deadline)

@@ -41,6 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 from tandem.common import wire
 from tandem.common.curve import CurveClientConfig, secure_client
 from tandem.common.errors import DeadlineExceeded, ModelUnavailable, NotFound, Overloaded
+from tandem.common.metric_children import child
 from tandem.common.send_queue import SendQueue
 from tandem.common.socket_reader import SocketReader
 from tandem.common.tracing import inject, tracer
@@ -400,7 +401,7 @@ class WorkerPool:
                         metrics.RETRIES.labels(request.model).inc()
                         continue
                     if reply.ok:
-                        metrics.worker_call_duration(request.model).observe(time.monotonic() - first_sent_at)
+                        child(metrics.WORKER_CALL_DURATION, request.model).observe(time.monotonic() - first_sent_at)
                         if was_hedge:
                             metrics.HEDGES_WON.labels(request.model, _trigger(hedged_from_stall)).inc()
                     if hedging is not None and hedged_from_stall is not None:
@@ -476,7 +477,7 @@ class WorkerPool:
                 raise _deadline_error(deadline)
             if link.expected_wait_ms > remaining_ms:
                 # Its last pong says the queue alone outlasts this budget: shed here, in microseconds.
-                metrics.shed_counter("worker_queue_predicted").inc()
+                child(metrics.SHED, "worker_queue_predicted").inc()
                 tried.add(link)
                 shed = True
                 link = None

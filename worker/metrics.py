@@ -7,7 +7,6 @@ live state (queue depth, in flight) read the server at scrape time, costing noth
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,24 +35,6 @@ QUEUE_WAIT = Histogram(
 WORKER_REQUESTS = Counter(
     "tandem_worker_requests_total", "Requests answered by this worker, by model and status.", ["model", "status"]
 )
-
-
-@functools.cache
-def batch_series(model: str) -> tuple[Histogram, Histogram, Histogram, Histogram]:
-    """``model``'s batch size, batch requests, compute time and queue wait histograms, looked up once: a label
-    lookup takes a lock and builds a key (~1.2 us). Models are the ones this worker loads: a bounded set."""
-    return (
-        BATCH_SIZE.labels(model),
-        BATCH_REQUESTS.labels(model),
-        BATCH_COMPUTE.labels(model),
-        QUEUE_WAIT.labels(model),
-    )
-
-
-@functools.cache
-def requests_counter(model: str, status: str) -> Counter:
-    """``tandem_worker_requests_total`` for a served model and a status code, looked up once (``batch_series``)."""
-    return WORKER_REQUESTS.labels(model, status)
 
 
 QUEUE_DEPTH = Gauge("tandem_queue_depth", "Rows queued in this worker, waiting for a batch.")

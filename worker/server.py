@@ -51,6 +51,7 @@ from tandem.common.errors import (
 )
 from tandem.common.gc_pauses import freeze_startup_objects
 from tandem.common.logs import configure_logging
+from tandem.common.metric_children import child
 from tandem.common.send_queue import SendQueue
 from tandem.common.settings import WorkerSettings
 from tandem.common.socket_reader import SocketReader
@@ -379,10 +380,11 @@ class WorkerServer:
         """The one place batches are counted: pong stats and Prometheus metrics."""
         model.stats.record(batch.rows, len(batch.items))
         self.stats.record(batch.rows, len(batch.items))
-        batch_size, batch_requests, batch_compute, queue_wait = metrics.batch_series(model.name)
-        batch_size.observe(batch.rows)
-        batch_requests.observe(len(batch.items))
-        batch_compute.observe(computed_s)
+        # Models this worker loads and status codes: bounded label sets, each looked up once.
+        child(metrics.BATCH_SIZE, model.name).observe(batch.rows)
+        child(metrics.BATCH_REQUESTS, model.name).observe(len(batch.items))
+        child(metrics.BATCH_COMPUTE, model.name).observe(computed_s)
+        queue_wait = child(metrics.QUEUE_WAIT, model.name)
         for job in batch.items:
             queue_wait.observe(max(0.0, started - job.received))
         log.debug("ran %s/%s: %d requests, %d rows", model.name, model.version, len(batch.items), batch.rows)
@@ -415,14 +417,14 @@ class WorkerServer:
 
     def _answer(self, job: _Job, tensors: list[Tensor]) -> None:
         self._finish(job)
-        metrics.requests_counter(job.model.name, STATUS_OK).inc()
+        child(metrics.WORKER_REQUESTS, job.model.name, STATUS_OK).inc()
         selected = tensors if job.outputs is None else [tensors[i] for i in job.outputs]
         reply = Reply(job.request.request_id, STATUS_OK, job.model.name, version=job.model.version, outputs=selected)
         self._send(job.identity, reply)
 
     def _answer_error(self, job: _Job, error: TandemError) -> None:
         self._finish(job)
-        metrics.requests_counter(job.model.name, error.code).inc()
+        child(metrics.WORKER_REQUESTS, job.model.name, error.code).inc()
         self._send(job.identity, _error_reply(job.request, error, version=job.model.version))
 
     def _send(self, identity: bytes, message: Reply | Pong) -> None:
