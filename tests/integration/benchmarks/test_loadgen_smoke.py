@@ -231,6 +231,28 @@ def test_the_open_loop_counts_a_failed_answer_once_by_kind(handle: object, kind:
     assert result.errors == {kind: result.sent}
 
 
+@pytest.mark.parametrize(("handle", "kind"), [(hang_up, "IncompleteReadError"), (garble, "ValueError")])
+def test_the_closed_loop_counts_a_failed_answer_once_and_calls_again_on_a_new_connection(
+    handle: object, kind: str
+) -> None:
+    with raw_server(handle) as port:
+        request = loadgen.build_request(LOCALHOST, port, PATH, b"{}")
+        result = asyncio.run(
+            loadgen.closed_loop(LOCALHOST, port, request, concurrency=2, duration_s=30, max_requests=12)
+        )
+    assert result.ok == 0
+    assert result.sent == 12
+    assert result.errors == {kind: 12}
+
+
+def test_the_closed_loop_counts_a_refused_connection_and_stops_on_time() -> None:
+    port = free_port()  # nothing listens there
+    request = loadgen.build_request(LOCALHOST, port, PATH, b"{}")
+    result = asyncio.run(loadgen.closed_loop(LOCALHOST, port, request, concurrency=2, duration_s=0.2))
+    assert result.ok == 0 and result.sent > 0
+    assert result.errors == {"ConnectionRefusedError": result.sent}
+
+
 def test_a_closed_loop_goes_on_past_its_duration_until_its_minimum_count(baseline: int) -> None:
     payload, headers = body()
     request = loadgen.build_request(LOCALHOST, baseline, PATH, payload, headers)
