@@ -13,6 +13,7 @@ from tandem.common.settings import GatewaySettings
 from tandem.common.tracing import setup_tracing
 from tandem.gateway.app import create_app
 from tandem.gateway.http_protocol import BoundedHttpToolsProtocol
+from tandem.gateway.io_first_loop import LOOP_FACTORY
 from tandem.gateway.metrics import MULTIPROC_ENV
 
 
@@ -29,7 +30,7 @@ def run(settings: GatewaySettings) -> None:
     configure_logging(json=settings.log_format == "json")
     # log_config None: uvicorn's own loggers go through the root handler too, in the same format.
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "warning"}
-    common |= {"loop": settings.event_loop}
+    common |= {"loop": LOOP_FACTORY if settings.event_loop == "io-first" else settings.event_loop}
     common |= {"log_config": None}
     # Bound the request line and headers under either parser: past max_header_bytes, 431 (gateway/http_protocol.py).
     common |= {"http": BoundedHttpToolsProtocol, "h11_max_incomplete_event_size": settings.max_header_bytes}

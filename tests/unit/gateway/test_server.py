@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from uvicorn.importer import import_from_string
 
 from tandem.common.settings import GatewaySettings
 from tandem.gateway import server
+from tandem.gateway.io_first_loop import LOOP_FACTORY, IOFirstEventLoop
 
 
 @pytest.fixture
@@ -21,15 +23,17 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_the_gateway_runs_on_asyncios_loop_by_default(uvicorn_calls: list[dict[str, Any]]) -> None:
+def test_the_gateway_runs_on_the_io_first_asyncio_loop_by_default(uvicorn_calls: list[dict[str, Any]]) -> None:
     # libuv (uvloop) accepts one connection per loop iteration: under load, new connections waited seconds.
     server.run(GatewaySettings(port=0))
-    assert uvicorn_calls[0]["loop"] == "asyncio"
+    assert uvicorn_calls[0]["loop"] == LOOP_FACTORY
+    assert import_from_string(LOOP_FACTORY) is IOFirstEventLoop  # what uvicorn will import and call
 
 
-def test_uvloop_can_be_chosen(uvicorn_calls: list[dict[str, Any]]) -> None:
-    server.run(GatewaySettings(port=0, event_loop="uvloop"))
-    assert uvicorn_calls[0]["loop"] == "uvloop"
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncios_own_loop_or_uvloop_can_be_chosen(uvicorn_calls: list[dict[str, Any]], loop: str) -> None:
+    server.run(GatewaySettings(port=0, event_loop=loop))
+    assert uvicorn_calls[0]["loop"] == loop
 
 
 def test_an_unknown_loop_is_refused_at_start() -> None:
