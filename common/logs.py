@@ -11,13 +11,21 @@ Fields passed as ``logger.info(..., extra={"status": 200})`` become top-level ke
 ``str()`` when they are not JSON types). Newlines inside values are escaped, so a record is always one line.
 What goes into a record is the caller's responsibility: identifiers are hashed first (``common/privacy.py``)
 and request bodies are never logged.
+
+``log_line`` is for lines written once per request: where only this set-up's JSON handler would see the record,
+it writes the same line straight to that handler's stream, without a ``LogRecord`` and the handler chain. On the
+gateway at saturation that chain cost a sixth of the requests it could answer (ranker, 64 clients, eight
+interleaved rounds: 2,167 req/s with the request log on, 2,582 with it off; written straight, 2,532 against
+2,236). Anywhere else (another handler or formatter, a filter, a logger that does not propagate) the record goes
+through ``logging`` as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime, timezone
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -33,20 +41,87 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as a single-line JSON object."""
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and key not in entry:
-                entry[key] = value
+        fields = {key: value for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES}
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            fields["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            fields["stack"] = self.formatStack(record.stack_info)
+        return json_line(record.created, record.levelname, record.name, record.getMessage(), fields)
+
+
+def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping[str, Any]) -> str:
+    """One JSON log line (no newline): ``ts``, ``level``, ``logger``, ``msg``, then ``fields`` not named so."""
+    entry: dict[str, Any] = {"ts": _timestamp(created), "level": level, "logger": logger, "msg": msg}
+    for key, value in fields.items():
+        if key not in entry:
+            entry[key] = value
+    return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+_last_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted, and its text: most lines of a busy process share the second of the line
+before. One tuple, replaced whole, so a thread never pairs one second with another's text."""
+
+
+def _timestamp(created: float) -> str:
+    """``created`` in UTC as ISO 8601 to the millisecond, as ``datetime.isoformat(timespec="milliseconds")``."""
+    global _last_second
+    second = int(created)
+    micros = round((created - second) * 1_000_000)  # datetime.fromtimestamp rounds to the microsecond too
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, text = _last_second
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{micros // 1000:03d}+00:00"
+
+
+class _JsonStreamHandler(logging.StreamHandler):
+    """The handler ``configure_logging(json=True)`` installs: ``log_line`` may write to its stream itself."""
+
+
+def log_line(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """``logger.log(level, msg, extra=fields)``: the same line, written straight to stderr when nothing else
+    would see the record (see the module docstring). ``msg`` is not %-formatted."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_json_handler(logger, level)
+    if handler is None:
+        logger.log(level, msg, extra=fields)  # no args: the message is not %-formatted
+        return
+    line = json_line(time.time(), logging.getLevelName(level), logger.name, msg, fields)
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # as ``StreamHandler.emit``: a failed write is reported, not raised into the request
+        handler.handleError(logging.makeLogRecord({"name": logger.name, "levelno": level, "msg": msg}))
+    finally:
+        handler.release()
+
+
+def _sole_json_handler(logger: logging.Logger, level: int) -> _JsonStreamHandler | None:
+    """The handler a record of ``logger`` at ``level`` would reach, if it is the only one and nothing filters."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        if current.handlers:
+            if current.parent is not None or len(current.handlers) != 1:
+                return None  # a handler below the root's, or beside it: logging decides
+            handler = current.handlers[0]
+            sole = (
+                type(handler) is _JsonStreamHandler
+                and type(handler.formatter) is JsonFormatter
+                and not handler.filters
+                and level >= handler.level
+            )
+            return handler if sole else None  # type: ignore[return-value]
+        if not current.propagate:
+            return None
+        current = current.parent
+    return None
 
 
 def configure_logging(level: int | str | None = None, *, json: bool = True) -> None:
@@ -65,7 +140,7 @@ def configure_logging(level: int | str | None = None, *, json: bool = True) -> N
     root = logging.getLogger()
     if level is None:
         level = root.level if root.handlers else DEFAULT_LEVEL
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _JsonStreamHandler(sys.stderr) if json else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json else logging.Formatter(TEXT_FORMAT))
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -37,6 +37,7 @@ from typing import Any
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tandem.common.logs import log_line
 from tandem.common.privacy import IdHasher
 from tandem.gateway.traffic import USER_ID_HEADER
 
@@ -90,7 +91,7 @@ class RequestLogMiddleware:
             fields = request_fields(scope, state, request_id, status, time.perf_counter() - started)
             if fields["user"] is None and (user := _header(scope, _USER_HEADER)) is not None:
                 fields["user"] = self.hasher.hash_id(user)
-            log.info("%s %s %d", fields["method"], fields["route"], status, extra=fields)
+            log_line(log, logging.INFO, f"{fields['method']} {fields['route']} {status}", fields)
 
 
 def request_fields(scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed_s: float) -> dict:
