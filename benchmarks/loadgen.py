@@ -397,18 +397,12 @@ async def open_loop(
 
     try:
         tick(began)
-        try:
-            await asyncio.wait_for(settled.wait(), duration_s + drain_s)
-        except asyncio.TimeoutError:
+        if not await _settles(settled, duration_s + drain_s):
             result.errors["unanswered"] += in_flight
     finally:
         counting = False
-        for task in list(opening):
-            task.cancel()
         result.elapsed_s = time.perf_counter() - measured_from
-        for connection in list(connections):
-            if connection.transport is not None:
-                connection.transport.close()
+        _close(opening, connections)
     return result
 
 
@@ -494,19 +488,31 @@ async def closed_loop(
     try:
         for _ in range(concurrency):
             next_request(None)
-        try:
-            await asyncio.wait_for(finished.wait(), longest_s + drain_s)
-        except asyncio.TimeoutError:
+        if not await _settles(finished, longest_s + drain_s):
             result.errors["unanswered"] += callers
     finally:
         counting = False
-        for task in list(opening):
-            task.cancel()
-        for connection in list(connections):
-            if connection.transport is not None:
-                connection.transport.close()
+        _close(opening, connections)
     result.elapsed_s = time.perf_counter() - began
     return result
+
+
+async def _settles(settled: asyncio.Event, timeout_s: float) -> bool:
+    """Whether ``settled`` is set within ``timeout_s`` (every request answered or failed)."""
+    try:
+        await asyncio.wait_for(settled.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def _close(opening: set[asyncio.Task[None]], connections: set[_Answering]) -> None:
+    """The run is over: cancel the connections still opening and close the open ones."""
+    for task in list(opening):
+        task.cancel()
+    for connection in list(connections):
+        if connection.transport is not None:
+            connection.transport.close()
 
 
 def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
